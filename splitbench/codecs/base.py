@@ -1,0 +1,113 @@
+"""The codec protocol: a codec is the whole split, device half + wire format + server half.
+
+The runner times the four stages separately, so a codec implements them as four methods:
+
+    images --device_forward--> features --encode--> [Payload bytes] --(channel)-->
+           --decode--> features --server_forward--> logits
+
+``encode`` and ``decode`` must be each other's inverse on real bytes: the rate that splitbench
+reports is ``len(payload.data)``, the bytes the decoder really decoded.
+"""
+from __future__ import annotations
+
+import abc
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..models import TaskModel
+
+
+@dataclass
+class Payload:
+    """What one sample puts on the wire.
+
+    ``data`` is the exact byte string sent. ``local_prediction`` is set when the device answers by
+    itself (e.g. entropy-aware offloading); then nothing is sent and ``data`` must be empty.
+    ``estimated_bits`` is the entropy model's estimate (NaN where a codec has none), reported
+    beside the real size, never instead of it. ``extras`` holds per-sample numbers a codec wants in
+    the records (kept tokens, PSNR, ...).
+    """
+
+    data: bytes
+    local_prediction: int | None = None
+    estimated_bits: float = math.nan
+    extras: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def offloaded(self) -> bool:
+        return self.local_prediction is None
+
+
+class Codec(abc.ABC):
+    """Base class of every registered codec.
+
+    Subclasses declare their options as keyword arguments of ``__init__`` (the config keys under
+    ``codec.``) and set ``name``. ``sends_image`` marks codecs whose payload is the network input
+    (so bits per pixel are meaningful).
+    """
+
+    name: ClassVar[str] = ""
+    sends_image: ClassVar[bool] = False
+    #: per-sample numbers this codec adds to the records (keys of Payload.extras)
+    extra_columns: ClassVar[tuple[str, ...]] = ()
+
+    task: "TaskModel"
+
+    def bind(self, task: "TaskModel") -> None:
+        """Attach the server task model (frozen) before any stage runs."""
+        self.task = task
+
+    # -- device side -----------------------------------------------------------------------
+    def device_forward(self, images: torch.Tensor) -> Any:
+        """Device compute before coding (the backbone head). Default: none, send the image."""
+        return images
+
+    @abc.abstractmethod
+    def encode(self, features: Any) -> list[Payload]:
+        """Turn the device features of a batch into one payload per sample."""
+
+    # -- server side -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def decode(self, data: list[bytes]) -> Any:
+        """Parse real bytes back into server-side features; raise PayloadError on bad input."""
+
+    def server_forward(self, features: Any) -> torch.Tensor:
+        """Server compute after decoding. Default: the task model on a decoded image batch."""
+        return self.task(features)
+
+    # -- description -------------------------------------------------------------------------
+    def rate_point(self) -> str:
+        """Short text naming the operating point, e.g. ``q=50``."""
+        return ""
+
+    def options(self) -> dict[str, Any]:
+        """The options this codec was created with (part of the record cache key)."""
+        return dict(getattr(self, "_options", {}))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything besides options that changes the records (e.g. checkpoint hashes)."""
+        return {}
+
+
+def accepted_options(cls: type[Codec]) -> list[str]:
+    """Names of the keyword options a codec class accepts."""
+    params = inspect.signature(cls.__init__).parameters
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p for p, v in params.items() if p != "self" and v.kind in kinds]
+
+
+def check_options(cls: type[Codec], options: dict[str, Any]) -> None:
+    valid = accepted_options(cls)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"codec {cls.name!r} has no option {', '.join(repr('codec.' + u) for u in unknown)}; "
+            f"valid options: {', '.join('codec.' + v for v in valid) or '(none)'}"
+        )

@@ -1,0 +1,116 @@
+"""Task models: the server's classifier that every codec's output feeds.
+
+``build_model(cfg)`` returns a :class:`TaskModel`: the network plus its input normalisation, taking
+uint8 images. Registered names build this project's models (``vit_fmnist``, the offline
+``tf_efficientnet_lite0``); any other name is created with ``timm.create_model``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from ..registry import Registry
+from .checkpoints import load_shipped, load_user_checkpoint, shipped_sha
+
+
+class TaskModel(nn.Module):
+    """A classifier that takes uint8 (or [0,1] float) images and returns logits."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], *, name: str,
+                 input_size: tuple[int, int, int], num_classes: int, fingerprint: str = "") -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.name = name
+        self.input_size = input_size
+        self.num_classes = num_classes
+        self.fingerprint = fingerprint  # checkpoint hash, part of every record cache key
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(images))
+
+
+MODELS: Registry[TaskModel] = Registry("model")
+
+
+def register_model(name: str) -> Callable[[Callable[..., TaskModel]], Callable[..., TaskModel]]:
+    return MODELS.register(name)
+
+
+def build_model(cfg: Any) -> TaskModel:
+    """Build and load the task model named by ``cfg.name`` (eval mode, gradients off)."""
+    from . import efficientnet, vit  # noqa: F401  (register)
+
+    options = {k: v for k, v in dict(cfg).items() if k != "name"}
+    name = cfg["name"]
+    factory = MODELS.get(name) if name in MODELS else _timm_model
+    if factory is _timm_model:
+        options["name"] = name
+    model = factory(**options)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _timm_model(name: str, pretrained: bool = False, checkpoint: str | None = None,
+                num_classes: int | None = None, input_size: Sequence[int] | None = None,
+                **unknown: Any) -> TaskModel:
+    """Any timm model: hub weights with ``pretrained=true`` (needs internet) or ``checkpoint=PATH``."""
+    import timm
+
+    if unknown:
+        raise ConfigError(f"model {name!r} (timm) has no option(s) {', '.join(sorted(unknown))}; valid: "
+                          "name, pretrained, checkpoint, num_classes, input_size")
+    if not timm.is_model(name):
+        raise ConfigError(f"unknown model {name!r}: not a splitbench model ({', '.join(MODELS.names())}) "
+                          f"nor a timm model (see timm.list_models())")
+    kwargs = {"num_classes": num_classes} if num_classes else {}
+    try:
+        net = timm.create_model(name, pretrained=pretrained and checkpoint is None, **kwargs)
+    except Exception as err:
+        raise CheckpointError(f"timm could not create {name!r} with pretrained weights ({err}); without hub "
+                              f"access pass model.checkpoint=PATH") from None
+    fingerprint = f"timm:{name}:pretrained={pretrained}"
+    if checkpoint is not None:
+        state = load_user_checkpoint(checkpoint)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {checkpoint!r} does not fit timm model {name!r}: "
+                                  f"{len(missing)} missing, {len(unexpected)} unexpected keys")
+        from .checkpoints import sha256_file
+        fingerprint = f"timm:{name}:{sha256_file(__import__('pathlib').Path(checkpoint))}"
+    cfg = net.pretrained_cfg
+    size = tuple(input_size) if input_size else tuple(cfg.get("input_size", (3, 224, 224)))
+    return TaskModel(net, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)),
+                     name=name, input_size=size, num_classes=net.num_classes, fingerprint=fingerprint)
+
+
+def load_weights(net: nn.Module, shipped: str, checkpoint: str | None) -> str:
+    """Load a shipped manifest entry (default) or a user's checkpoint; return its fingerprint."""
+    if checkpoint is not None:
+        state = load_user_checkpoint(checkpoint)
+        from pathlib import Path
+
+        from .checkpoints import sha256_file
+        fingerprint = sha256_file(Path(checkpoint))
+    else:
+        state, entry = load_shipped(shipped)
+        fingerprint = entry["sha256"]
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint for {shipped!r} does not fit the model: "
+                              f"{str(err).splitlines()[0]}") from None
+    return fingerprint
+
+
+__all__ = ["TaskModel", "build_model", "register_model", "load_weights", "shipped_sha", "MODELS"]

@@ -1,0 +1,46 @@
+"""The default server model: a small timm VisionTransformer trained here on Fashion-MNIST.
+
+28x28 grey input, 4x4 patches (a 7x7 grid, 49 tokens + class token). The architecture lives in
+``conf/model/vit_fmnist.yaml`` (``arch``); the shipped weights in ``checkpoints/`` with a manifest
+entry that records the arch they were trained with.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from timm.models.vision_transformer import VisionTransformer
+
+from ..errors import CheckpointError
+from . import TaskModel, load_weights, register_model
+from .checkpoints import load_manifest
+
+FMNIST_MEAN = (0.2860,)
+FMNIST_STD = (0.3530,)
+DEFAULT_ARCH = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6,
+                    num_heads=3, mlp_ratio=2.0)
+
+
+def create_vit(arch: dict[str, Any] | None = None) -> VisionTransformer:
+    return VisionTransformer(**{**DEFAULT_ARCH, **dict(arch or {})})
+
+
+def build_vit(shipped: str, arch: dict[str, Any] | None, checkpoint: str | None, pretrained: bool,
+              mean: tuple[float, ...] = FMNIST_MEAN, std: tuple[float, ...] = FMNIST_STD) -> TaskModel:
+    arch = {**DEFAULT_ARCH, **dict(arch or {})}
+    net = create_vit(arch)
+    fingerprint = "untrained"
+    if pretrained:
+        entry = load_manifest().get(shipped)
+        if checkpoint is None and entry and entry.get("arch") and entry["arch"] != arch:
+            raise CheckpointError(f"model.arch {arch} differs from the arch the shipped {shipped!r} "
+                                  f"checkpoint was trained with {entry['arch']}")
+        fingerprint = load_weights(net, shipped, checkpoint)
+    return TaskModel(net, mean, std, name=shipped, input_size=(arch["in_chans"], arch["img_size"],
+                     arch["img_size"]), num_classes=arch["num_classes"], fingerprint=fingerprint)
+
+
+@register_model("vit_fmnist")
+def vit_fmnist(arch: dict[str, Any] | None = None, checkpoint: str | None = None,
+               pretrained: bool = True) -> TaskModel:
+    """``pretrained=false`` gives fresh weights (training); ``checkpoint=PATH`` a user's weights."""
+    return build_vit("vit_fmnist", arch, checkpoint, pretrained)

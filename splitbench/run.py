@@ -1,0 +1,127 @@
+"""The runner: one (codec, rate point, link, profiles) per Hydra job.
+
+    data -> device half + codec encoder -> bytes -> channel -> codec decoder + server half -> metrics
+
+Records are measured once per (codec config, model, data) and cached (splitbench.measure); each
+job prices them under its link and profiles (splitbench.latency), writes ``results.csv``
+atomically into its run directory and prints a compact table.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import __version__
+from .channel import link_from_config
+from .codecs import create_codec
+from .compute import profile_from_config
+from .data import build_dataset
+from .errors import ConfigError
+from .latency import price
+from .measure import RecordStore, measured_records
+from .metrics import summarize
+from .models import TaskModel, build_model
+from .results import RESULTS_FILE, format_table, write_results
+
+_MODELS: dict[str, TaskModel] = {}
+_DATASETS: dict[str, Any] = {}
+_STORES: dict[bool, RecordStore] = {}
+
+
+def _key(cfg: Any) -> str:
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def load_task_model(model_cfg: dict[str, Any]) -> TaskModel:
+    """Built once per process: a multirun on the basic launcher shares it across jobs."""
+    key = _key(model_cfg)
+    if key not in _MODELS:
+        _MODELS[key] = build_model(model_cfg)
+    return _MODELS[key]
+
+
+def load_dataset(data_cfg: dict[str, Any]) -> Any:
+    key = _key(data_cfg)
+    if key not in _DATASETS:
+        _DATASETS[key] = build_dataset(data_cfg)
+    return _DATASETS[key]
+
+
+def _codec_options(codec_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if "name" not in codec_cfg:
+        raise ConfigError("codec.name is missing")
+    options = {k: v for k, v in codec_cfg.items() if k != "name"}
+    return codec_cfg["name"], options
+
+
+def execute(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Run one job; returns [codec row, reference row (if any)] and writes results.csv."""
+    if cfg.measure.threads:
+        torch.set_num_threads(int(cfg.measure.threads))
+    if cfg.mode != "model":
+        raise ConfigError(f"unknown mode {cfg.mode!r}; valid modes: model")
+    if run_dir is not None and cfg.results.resume and (run_dir / RESULTS_FILE).exists():
+        print(f"splitbench: {run_dir / RESULTS_FILE} exists, skipping (results.resume=true)")
+        return pd.read_csv(run_dir / RESULTS_FILE).to_dict("records")
+
+    # Validate everything cheap before any model runs.
+    link = link_from_config(OmegaConf.to_container(cfg.bandwidth, resolve=True))
+    device = profile_from_config(OmegaConf.to_container(cfg.device, resolve=True), "device")
+    server = profile_from_config(OmegaConf.to_container(cfg.server, resolve=True), "server")
+    name, options = _codec_options(OmegaConf.to_container(cfg.codec, resolve=True))
+    codec = create_codec(name, **options)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+
+    task = load_task_model(model_cfg)
+    dataset = load_dataset(data_cfg)
+    store = _STORES.setdefault(bool(cfg.measure.cache), RecordStore(enabled=bool(cfg.measure.cache)))
+    bs, progress = int(cfg.measure.batch_size), bool(cfg.measure.progress)
+    if bs < 1:
+        raise ConfigError(f"measure.batch_size must be >= 1, got {bs}")
+
+    reference = ref_codec = None
+    if cfg.measure.reference:
+        ref_codec = create_codec(cfg.measure.reference)
+        reference, _, _ = measured_records(ref_codec, task, dataset, data_cfg, bs, store, progress)
+    if ref_codec is not None and ref_codec.name == codec.name and ref_codec.options() == codec.options():
+        records, key = reference, None
+    else:
+        records, key, _ = measured_records(codec, task, dataset, data_cfg, bs, store, progress)
+
+    c, h, w = task.input_size
+    common = {
+        "data": data_cfg["name"], "model": task.name, "bandwidth": link.name, "mbps": link.mbps,
+        "rtt_ms": link.rtt_ms, "device": device.name, "server": server.name,
+        "timing": "batch1" if bs == 1 else f"amortised/{bs}", "splitbench_version": __version__,
+    }
+
+    def row_for(the_codec: Any, recs: pd.DataFrame, rec_key: str | None) -> dict[str, Any]:
+        metrics = summarize(recs, price(recs, link, device, server), reference=reference, pixels=h * w,
+                            extra_columns=the_codec.extra_columns)
+        return {"codec": the_codec.name, "rate_point": the_codec.rate_point(), **common, **metrics,
+                "codec_options": json.dumps(the_codec.options(), sort_keys=True), "records_key": rec_key}
+
+    rows = [row_for(codec, records, key)]
+    if reference is not None and ref_codec is not None and records is not reference:
+        rows.append(row_for(ref_codec, reference, None))
+    if run_dir is not None:
+        write_results(rows[:1], run_dir)
+    return rows
+
+
+def print_summary(rows: list[dict[str, Any]], run_dir: Path | None, seconds: float) -> None:
+    r = rows[0]
+    print(f"\nsplitbench {r['data']} / {r['model']} / link {r['bandwidth']} ({r['mbps']} Mbit/s, RTT "
+          f"{r['rtt_ms']} ms) / device {r['device']} / server {r['server']} / n={r['n']}")
+    print(format_table(rows))
+    if len(rows) > 1:
+        print(f"({rows[1]['codec']} is the reference row; agreement = same top-1 as {rows[1]['codec']})")
+    where = f"results: {run_dir / RESULTS_FILE}" if run_dir else ""
+    print(f"{where}  [{seconds:.1f} s]")
