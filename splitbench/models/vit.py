@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from timm.models.vision_transformer import VisionTransformer
 
 from ..errors import CheckpointError
@@ -44,3 +46,27 @@ def vit_fmnist(arch: dict[str, Any] | None = None, checkpoint: str | None = None
                pretrained: bool = True) -> TaskModel:
     """``pretrained=false`` gives fresh weights (training); ``checkpoint=PATH`` a user's weights."""
     return build_vit("vit_fmnist", arch, checkpoint, pretrained)
+
+
+# -- split points inside a timm VisionTransformer (used by codecs that cut the server ViT) ----------
+def vit_tokens_until(net: VisionTransformer, x: "torch.Tensor", split: int) -> "torch.Tensor":
+    """Tokens (class token first, positional embedding added) after the first ``split`` blocks.
+
+    ``x`` is the *normalised* image (TaskModel.normalize). ``split=0`` returns the embedded patches.
+    """
+    x = net.patch_embed(x)
+    x = net._pos_embed(x)
+    x = net.patch_drop(x)
+    x = net.norm_pre(x)
+    for block in net.blocks[:split]:
+        x = block(x)
+    return x
+
+
+def vit_logits_from(net: VisionTransformer, tokens: "torch.Tensor", split: int) -> "torch.Tensor":
+    """Run blocks ``split..`` on ``tokens`` (any number of tokens, class token first) to logits."""
+    x = tokens
+    for block in net.blocks[split:]:
+        x = block(x)
+    x = net.norm(x)
+    return net.forward_head(x)

@@ -1,0 +1,76 @@
+"""The runner end to end, and every user error giving one clear line and no partial result."""
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+
+
+def _results(path):
+    return sorted(path.rglob("results.csv"))
+
+
+def test_single_run_writes_results_and_prints_table(tmp_path):
+    proc = run_cli("codec=jpeg", "bandwidth=10mbps", "data.limit=24", "measure.progress=false",
+                   f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 0, proc.stderr
+    assert "| jpeg" in proc.stdout and "| raw" in proc.stdout and "bytes/img" in proc.stdout
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row.codec == "jpeg" and row.n == 24 and row.bandwidth == "10mbps" and row.mbps == 10
+    assert 0 < row.bytes_per_image < 784 and 0.5 < row.accuracy <= 1 and 0.5 < row.agreement <= 1
+    parts = ["lat_device_ms", "lat_encode_ms", "lat_rtt_ms", "lat_transmit_ms", "lat_decode_ms", "lat_server_ms"]
+    assert row.latency_mean_ms == pytest.approx(sum(row[p] for p in parts))
+    assert row.lat_rtt_ms == pytest.approx(10)
+
+
+def test_multirun_sweep(tmp_path):
+    proc = run_cli("-m", "codec=jpeg", "codec.quality=10,90", "bandwidth=1mbps,10mbps", "data.limit=12",
+                   "measure.progress=false", f"hydra.sweep.dir={tmp_path}/sweep")
+    assert proc.returncode == 0, proc.stderr
+    files = _results(tmp_path)
+    assert len(files) == 4
+    df = pd.concat(pd.read_csv(f) for f in files)
+    assert set(df.rate_point) == {"q=10", "q=90"} and set(df.bandwidth) == {"1mbps", "10mbps"}
+    # one measurement priced twice: same bytes and accuracy for both links, slower link slower
+    for q, grp in df.groupby("rate_point"):
+        assert grp.bytes_per_image.nunique() == 1 and grp.accuracy.nunique() == 1
+        slow, fast = grp.set_index("bandwidth").loc[["1mbps", "10mbps"], "lat_transmit_ms"]
+        assert slow > 5 * fast
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["codec=nosuch"], "unknown codec 'nosuch'; valid codecs: "),
+    (["bandwidth=fast"], "unknown bandwidth 'fast'; valid bandwidth presets:"),
+    (["codec.qualty=5"], "codec 'jpeg' has no option 'codec.qualty'"),
+    (["data=imagefolder", "data.root=/nonexistent/imagenet"], "data.root '/nonexistent/imagenet' does not exist"),
+    (["bandwidth.mbps=abc"], "bandwidth.mbps must be a number"),
+    (["bandwidth.mbps=0"], "bandwidth.mbps must be > 0"),
+    (["codec.quality=500"], "codec.quality for jpeg must be an integer in [1, 100]"),
+    (["model.checkpoint=/nonexistent.pt"], "checkpoint '/nonexistent.pt' does not exist"),
+])
+def test_user_errors_are_one_line(tmp_path, args, needle):
+    proc = run_cli(*args, "data.limit=4", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("splitbench: error: ") and needle in lines[0], lines[0]
+    assert not _results(tmp_path), "no partial result may be left behind"
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_codec_lists_every_registered_codec():
+    from splitbench import list_codecs
+
+    proc = run_cli("codec=nosuch")
+    assert proc.returncode == 2
+    assert f"valid codecs: {', '.join(list_codecs())}" in proc.stderr
+
+
+def test_finished_run_is_not_repeated(tmp_path):
+    args = ("codec=png", "data.limit=6", "measure.progress=false", f"hydra.run.dir={tmp_path}/run")
+    assert run_cli(*args).returncode == 0
+    before = (tmp_path / "run" / "results.csv").read_bytes()
+    proc = run_cli(*args)
+    assert proc.returncode == 0 and "skipping" in proc.stdout
+    assert (tmp_path / "run" / "results.csv").read_bytes() == before
