@@ -49,7 +49,7 @@ class ComputeProfile:
 
 
 def profile_from_config(cfg: Any, kind: str) -> ComputeProfile:
-    allowed = {"name", "scale", "gflops", "launch_ms", "source"}
+    allowed = {"name", "scale", "gflops", "launch_ms", "source", "host", "port"}  # host/port: live mode
     unknown = set(cfg) - allowed
     if unknown:
         raise ConfigError(f"{kind} profile has no option(s) {', '.join(sorted(unknown))}; valid: "
