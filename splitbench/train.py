@@ -69,6 +69,10 @@ def train_task_model(cfg: DictConfig) -> dict[str, Any]:
                 if step >= steps:
                     break
     model.eval()
+    with torch.no_grad():  # evaluate the weights as shipped (fp16), not the fp32 training copy
+        for tensor in model.net.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
     acc = evaluate(model, test_set)
     minutes = (time.time() - start) / 60
     name = t.save_as or model.name
