@@ -195,15 +195,19 @@ def test_no_server_is_a_clear_error():
 
 
 # -- live runs -------------------------------------------------------------------------------------
-def test_live_run_on_localhost(tmp_path):
-    from splitbench.live.runner import SpawnedServer
+def _compose(*overrides):
+    from hydra import compose, initialize_config_dir
 
-    server = SpawnedServer([sys.executable, "-m", "splitbench.serve", "--port", "0"], 120)
-    try:
-        proc = run_cli("mode=live", f"server.port={server.port}", "codec=jpeg", "data.limit=12",
-                       "measure.progress=false", f"hydra.run.dir={tmp_path}/run")
-    finally:
-        server.stop()
+    from splitbench.paths import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=["measure.progress=false", "measure.threads=1", *overrides])
+
+
+def test_live_run_on_localhost(tmp_path):
+    """The CLI end to end: the runner spawns `python -m splitbench.serve` and sends every payload."""
+    proc = run_cli("mode=live", "live.spawn=true", "codec=jpeg", "data.limit=12", "measure.progress=false",
+                   f"hydra.run.dir={tmp_path}/run")
     assert proc.returncode == 0, proc.stderr
     assert "live ms mean/p50/p95" in proc.stdout
     row = pd.read_csv(tmp_path / "run" / "results.csv").iloc[0]
@@ -213,17 +217,31 @@ def test_live_run_on_localhost(tmp_path):
     assert len(pd.read_csv(tmp_path / "run" / "live_records.csv")) == 12
 
 
-def test_live_mode_without_a_server_is_one_line(tmp_path):
-    proc = run_cli("mode=live", "server.port=1", "data.limit=4", "measure.progress=false",
-                   f"hydra.run.dir={tmp_path}/run")
-    assert proc.returncode == 2
-    lines = [x for x in proc.stderr.splitlines() if x.strip() and "Warning" not in x and "warnings.warn" not in x]
-    assert lines[-1].startswith("splitbench: error: no splitbench server answers at 127.0.0.1:1"), proc.stderr
+def test_live_mode_against_a_running_server(server, tmp_path):
+    from splitbench.run import execute
+
+    host, port = server.address
+    rows = execute(_compose("mode=live", f"server.host={host}", f"server.port={port}", "codec=png",
+                            "data.limit=5", "live.add_rtt=true", "bandwidth.rtt_ms=3"), tmp_path)
+    row = rows[0]
+    assert row["live_n"] == 5 and row["live_errors"] == 0 and row["live_same_pred_as_model"] == 1.0
+    assert row["live_added_rtt_ms"] == 3 and row["live_latency_p50_ms"] > 3
+    assert (tmp_path / "results.csv").exists() and (tmp_path / "live_records.csv").exists()
+
+
+def test_live_mode_without_a_server_is_a_clear_error(tmp_path):
+    from splitbench.run import execute
+
+    with pytest.raises(LiveError, match="no splitbench server answers at 127.0.0.1:1 .*splitbench.serve"):
+        execute(_compose("mode=live", "server.port=1", "data.limit=4"), tmp_path)
 
 
 def test_unknown_mode_lists_both():
-    proc = run_cli("mode=fast", "data.limit=4")
-    assert proc.returncode == 2 and "valid modes: model, live" in proc.stderr
+    from splitbench import ConfigError
+    from splitbench.run import execute
+
+    with pytest.raises(ConfigError, match="valid modes: model, live"):
+        execute(_compose("mode=fast", "data.limit=4"))
 
 
 # -- the shaped link (root only) -----------------------------------------------------------------------
@@ -252,14 +270,15 @@ def test_shaped_link_matches_the_latency_model():
 
 @pytest.mark.skipif(NO_SHAPING is not None, reason=f"no shaped link here: {NO_SHAPING}")
 def test_live_run_on_a_shaped_link(tmp_path):
-    proc = run_cli("mode=live", "live.shape=true", "codec=jpeg", "bandwidth=1mbps", "data.limit=6",
-                   "measure.progress=false", f"hydra.run.dir={tmp_path}/run")
-    assert proc.returncode == 0, proc.stderr
-    row = pd.read_csv(tmp_path / "run" / "results.csv").iloc[0]
-    assert row.live_errors == 0 and row.live_same_pred_as_model == 1.0 and "tbf 1 Mbit/s" in row.live_link
-    assert row.live_added_rtt_ms == row.rtt_ms and row.live_latency_p50_ms > row.rtt_ms
-    # the link, not the host, dominates: live latency within 25% of the model's prediction
-    assert abs(row.live_vs_model_pct) < 25, row.live_vs_model_pct
+    from splitbench.run import execute
+
+    row = execute(_compose("mode=live", "live.shape=true", "codec=jpeg", "bandwidth=1mbps", "data.limit=6"),
+                  tmp_path)[0]
+    assert row["live_errors"] == 0 and row["live_same_pred_as_model"] == 1.0 and "tbf 1 Mbit/s" in row["live_link"]
+    assert row["live_added_rtt_ms"] == row["rtt_ms"] == 10 and row["live_latency_p50_ms"] > 10
+    # the link part (request time minus server compute) against the model's RTT + transmit
+    model_net = row["lat_rtt_ms"] + row["lat_transmit_ms"]
+    assert abs(row["live_network_mean_ms"] - model_net) / model_net < 0.25, (row["live_network_mean_ms"], model_net)
 
 
 def test_without_root_shaping_says_so(monkeypatch):
