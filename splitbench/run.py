@@ -64,8 +64,12 @@ def execute(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]
     """Run one job; returns [codec row, reference row (if any)] and writes results.csv."""
     if cfg.measure.threads:
         torch.set_num_threads(int(cfg.measure.threads))
+    if cfg.mode == "live":  # the same row, plus latency measured over a real link (splitbench.live)
+        from .live.runner import execute_live
+
+        return execute_live(cfg, run_dir)
     if cfg.mode != "model":
-        raise ConfigError(f"unknown mode {cfg.mode!r}; valid modes: model")
+        raise ConfigError(f"unknown mode {cfg.mode!r}; valid modes: model, live")
     if run_dir is not None and cfg.results.resume and (run_dir / RESULTS_FILE).exists():
         print(f"splitbench: {run_dir / RESULTS_FILE} exists, skipping (results.resume=true)")
         return pd.read_csv(run_dir / RESULTS_FILE).to_dict("records")
@@ -83,23 +87,25 @@ def execute(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]
     dataset = load_dataset(data_cfg)
     store = _STORES.setdefault(bool(cfg.measure.cache), RecordStore(enabled=bool(cfg.measure.cache)))
     bs, progress = int(cfg.measure.batch_size), bool(cfg.measure.progress)
+    clock = str(cfg.measure.get("clock", "wall"))
     if bs < 1:
         raise ConfigError(f"measure.batch_size must be >= 1, got {bs}")
 
     reference = ref_codec = None
     if cfg.measure.reference:
         ref_codec = create_codec(cfg.measure.reference)
-        reference, _, _ = measured_records(ref_codec, task, dataset, data_cfg, bs, store, progress)
+        reference, _, _ = measured_records(ref_codec, task, dataset, data_cfg, bs, store, progress, clock)
     if ref_codec is not None and ref_codec.name == codec.name and ref_codec.options() == codec.options():
         records, key = reference, None
     else:
-        records, key, _ = measured_records(codec, task, dataset, data_cfg, bs, store, progress)
+        records, key, _ = measured_records(codec, task, dataset, data_cfg, bs, store, progress, clock)
 
     c, h, w = task.input_size
     common = {
         "data": data_cfg["name"], "model": task.name, "bandwidth": link.name, "mbps": link.mbps,
         "rtt_ms": link.rtt_ms, "device": device.name, "server": server.name,
-        "timing": "batch1" if bs == 1 else f"amortised/{bs}", "splitbench_version": __version__,
+        "timing": ("batch1" if bs == 1 else f"amortised/{bs}") + ("" if clock == "wall" else f"/{clock}"),
+        "splitbench_version": __version__,
     }
 
     def row_for(the_codec: Any, recs: pd.DataFrame, rec_key: str | None) -> dict[str, Any]:
