@@ -74,3 +74,14 @@ def test_finished_run_is_not_repeated(tmp_path):
     proc = run_cli(*args)
     assert proc.returncode == 0 and "skipping" in proc.stdout
     assert (tmp_path / "run" / "results.csv").read_bytes() == before
+
+
+def test_efficientnet_photos_config_reports_agreement(tmp_path):
+    proc = run_cli("data=photos", "model=efficientnet_lite0", "codec=jpeg", "data.limit=5", "data.crops=1",
+                   "measure.progress=false", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 0, proc.stderr
+    row = pd.read_csv(tmp_path / "run" / "results.csv").iloc[0]
+    assert row.model == "tf_efficientnet_lite0" and row.n == 5
+    assert pd.isna(row.accuracy) and 0 <= row.agreement <= 1  # unlabelled photos: agreement only
+    assert row.bpp == pytest.approx(row.bytes_per_image * 8 / (224 * 224))
+    assert "| raw" in proc.stdout and "n/a" in proc.stdout
