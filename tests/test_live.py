@@ -1,7 +1,6 @@
 """Live mode: the wire format, a server that survives hostile bytes, live runs, the shaped link."""
 import random
 import socket
-import sys
 import time
 
 import pandas as pd
@@ -165,6 +164,13 @@ def test_bad_payload_and_bad_open_keep_the_connection(server, task_model, test_i
     assert stats["payload_errors"] >= 3 and stats["connections_open"] >= 1 and stats["rss_bytes"] > 0
 
 
+def _wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
 def test_concurrent_clients_and_the_client_limit(server, task_model, test_images):
     from splitbench.live.load import run_round
 
@@ -172,9 +178,10 @@ def test_concurrent_clients_and_the_client_limit(server, task_model, test_images
     open_args = {"codec": "jpeg", "options": {"quality": 50}}
     out = run_round(*server.address, clients=4, requests=5, payloads=[data], expected=[pred], open_args=open_args)
     assert out["completed"] == 20 and out["errors"] == 0 and out["wrong_answers"] == 0
+    _wait_for(lambda: server.server.stats.connections_open == 0)
     idle = [socket.create_connection(server.address, timeout=5) for _ in range(4)]
     try:
-        time.sleep(0.2)
+        _wait_for(lambda: server.server.stats.connections_open == 4)
         with socket.create_connection(server.address, timeout=5) as extra:  # one too many
             header, body = recv_frame(extra)
         assert header.type == FrameType.ERROR and header.flags & FLAG_CLOSING and b"server busy" in body
@@ -204,10 +211,11 @@ def _compose(*overrides):
         return compose("config", overrides=["measure.progress=false", "measure.threads=1", *overrides])
 
 
-def test_live_run_on_localhost(tmp_path):
-    """The CLI end to end: the runner spawns `python -m splitbench.serve` and sends every payload."""
-    proc = run_cli("mode=live", "live.spawn=true", "codec=jpeg", "data.limit=12", "measure.progress=false",
-                   f"hydra.run.dir={tmp_path}/run")
+def test_live_run_on_localhost(server, tmp_path):
+    """The CLI end to end against a running server (the shaped-link test covers a spawned one)."""
+    host, port = server.address
+    proc = run_cli("mode=live", f"server.host={host}", f"server.port={port}", "codec=jpeg", "data.limit=12",
+                   "measure.progress=false", "measure.threads=1", f"hydra.run.dir={tmp_path}/run")
     assert proc.returncode == 0, proc.stderr
     assert "live ms mean/p50/p95" in proc.stdout
     row = pd.read_csv(tmp_path / "run" / "results.csv").iloc[0]
@@ -261,8 +269,11 @@ def test_shaped_link_matches_the_latency_model():
         with ServerThread(EdgeServer(None), sock=listener) as srv, \
                 LiveClient(*srv.address, netns=link.device_ns, timeout_s=10) as client:
             client.sink(b"warm-up")
-            time.sleep(0.05)
-            t = client.sink(os.urandom(size), primer=primer_size(link.burst_bytes)).uplink_seconds
+            times = []
+            for _ in range(3):  # the median: a loaded host can delay the server's read by a few ms
+                time.sleep(0.05)  # a full bucket again, then the filler empties it
+                times.append(client.sink(os.urandom(size), primer=primer_size(link.burst_bytes)).uplink_seconds)
+            t = sorted(times)[1]
             predicted = float(Link(name="10", mbps=10, rtt_ms=0).transmit_seconds(size))
             assert abs(t - predicted) / predicted < 0.10, (t, predicted)
     assert not any(os.path.exists(os.path.join(NETNS_DIR, n)) for n in names), "namespaces torn down"
@@ -272,13 +283,14 @@ def test_shaped_link_matches_the_latency_model():
 def test_live_run_on_a_shaped_link(tmp_path):
     from splitbench.run import execute
 
-    row = execute(_compose("mode=live", "live.shape=true", "codec=jpeg", "bandwidth=1mbps", "data.limit=6"),
-                  tmp_path)[0]
-    assert row["live_errors"] == 0 and row["live_same_pred_as_model"] == 1.0 and "tbf 1 Mbit/s" in row["live_link"]
+    row = execute(_compose("mode=live", "live.shape=true", "codec=jpeg", "bandwidth=0.1mbps", "data.limit=5",
+                           "live.warmup=1"), tmp_path)[0]
+    assert row["live_errors"] == 0 and row["live_same_pred_as_model"] == 1.0 and "tbf 0.1 Mbit/s" in row["live_link"]
     assert row["live_added_rtt_ms"] == row["rtt_ms"] == 10 and row["live_latency_p50_ms"] > 10
-    # the link part (request time minus server compute) against the model's RTT + transmit
+    # The link part (request time minus server compute) against the model's RTT + transmit. A slow link
+    # keeps the host's scheduling noise (a few ms on a loaded 2-core machine) small beside it.
     model_net = row["lat_rtt_ms"] + row["lat_transmit_ms"]
-    assert abs(row["live_network_mean_ms"] - model_net) / model_net < 0.25, (row["live_network_mean_ms"], model_net)
+    assert abs(row["live_network_mean_ms"] - model_net) / model_net < 0.2, (row["live_network_mean_ms"], model_net)
 
 
 def test_without_root_shaping_says_so(monkeypatch):
