@@ -107,6 +107,9 @@ class JpegCodec(PillowCodec):
     def rate_point(self) -> str:
         return f"q={self.quality}" + (" abbrev" if self.abbreviated else "")
 
+    def series(self) -> str:
+        return "jpeg (abbreviated)" if self.abbreviated else "jpeg"
+
 
 @register_codec("webp")
 class WebpCodec(PillowCodec):
@@ -122,6 +125,9 @@ class WebpCodec(PillowCodec):
 
     def rate_point(self) -> str:
         return "lossless" if self.lossless else f"q={self.quality}"
+
+    def series(self) -> str:
+        return "webp (lossless)" if self.lossless else "webp"
 
 
 @register_codec("png")

@@ -54,6 +54,9 @@ def collect(dirs: Iterable[str | Path]) -> pd.DataFrame:
     if not frames:
         raise ReportError(f"no {RESULTS_FILE} under {', '.join(map(str, dirs))}")
     df = pd.concat(frames, ignore_index=True)
+    if "series" not in df.columns:
+        df["series"] = df["codec"]
+    df["series"] = df["series"].fillna(df["codec"])
     key = [k for k in KEY if k in df.columns]
     df = df.sort_values("_mtime").drop_duplicates(subset=key, keep="last").drop(columns="_mtime")
     return ordered(df.sort_values(["data", "model", "codec", "bytes_per_image", "mbps"]).reset_index(drop=True))
@@ -65,7 +68,7 @@ def score_column(df: pd.DataFrame) -> str:
 
 
 def label(row: pd.Series) -> str:
-    return f"{row['codec']} {row['rate_point']}".strip()
+    return f"{row['series']} {row['rate_point']}".strip()
 
 
 def best_meeting_floor(df: pd.DataFrame, floor: float, score: str) -> pd.DataFrame:
@@ -73,7 +76,7 @@ def best_meeting_floor(df: pd.DataFrame, floor: float, score: str) -> pd.DataFra
     ok = df[df[score] >= floor - 1e-12]
     if ok.empty:
         return ok
-    idx = ok.groupby(["codec", "bandwidth"])["latency_mean_ms"].idxmin()
+    idx = ok.groupby(["series", "bandwidth"])["latency_mean_ms"].idxmin()
     return ok.loc[idx]
 
 
@@ -97,9 +100,9 @@ def _codec_styles(codecs: Iterable[str]) -> dict[str, dict]:
 
 def fig_rate_accuracy(df: pd.DataFrame, out: Path, score: str) -> list[Path]:
     points = df.drop_duplicates(subset=["codec", "codec_options"])
-    styles = _codec_styles(points["codec"].unique())
+    styles = _codec_styles(points["series"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for codec, grp in points.groupby("codec"):
+    for codec, grp in points.groupby("series"):
         grp = grp.sort_values("bytes_per_image")
         if (grp["bytes_per_image"] <= 0).all():  # device-only: a horizontal reference line
             ax.axhline(100 * grp[score].iloc[0], ls=":", color=styles[codec]["color"], label=f"{codec} (0 bytes)")
@@ -117,8 +120,8 @@ def fig_rate_accuracy(df: pd.DataFrame, out: Path, score: str) -> list[Path]:
 def fig_latency_vs_bandwidth(df: pd.DataFrame, out: Path, score: str, floor: float) -> list[Path]:
     best = best_meeting_floor(df, floor, score)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = _codec_styles(df["codec"].unique())
-    for codec, grp in best.groupby("codec"):
+    styles = _codec_styles(df["series"].unique())
+    for codec, grp in best.groupby("series"):
         grp = grp.sort_values("mbps")
         ax.plot(grp["mbps"], grp["latency_mean_ms"], label=codec, **styles[codec], lw=1.5, ms=5)
     ax.set_xscale("log")
@@ -163,9 +166,9 @@ def pareto_front(points: pd.DataFrame, score: str) -> pd.DataFrame:
 
 def fig_pareto(df: pd.DataFrame, out: Path, score: str, mbps: float) -> list[Path]:
     at = df[np.isclose(df["mbps"], mbps)]
-    styles = _codec_styles(df["codec"].unique())
+    styles = _codec_styles(df["series"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for codec, grp in at.groupby("codec"):
+    for codec, grp in at.groupby("series"):
         ax.scatter(grp["latency_mean_ms"], 100 * grp[score], label=codec, color=styles[codec]["color"],
                    marker=styles[codec]["marker"], s=25)
     if not at.empty:
@@ -189,7 +192,7 @@ def decision_table(df: pd.DataFrame, score: str, floors: list[float]) -> pd.Data
         col = {}
         for floor in floors:
             ok = at[at[score] >= floor - 1e-12]
-            col[floor] = ok.loc[ok["latency_mean_ms"].idxmin(), "codec"] if len(ok) else "none"
+            col[floor] = ok.loc[ok["latency_mean_ms"].idxmin(), "series"] if len(ok) else "none"
         table[mbps] = col
     return pd.DataFrame(table)
 
@@ -215,7 +218,7 @@ def fig_decision_map(df: pd.DataFrame, out: Path, score: str, floors: list[float
 
 
 def write_tables(df: pd.DataFrame, out: Path) -> list[Path]:
-    cols = ["codec", "rate_point", "bandwidth", "device", "server", "n", "accuracy", "agreement",
+    cols = ["series", "rate_point", "bandwidth", "device", "server", "n", "accuracy", "agreement",
             "bytes_per_image", "bpp", "est_bits_per_image", "offload_ratio", "latency_mean_ms",
             "latency_p50_ms", "latency_p95_ms"]
     cols = [c for c in cols if c in df.columns]

@@ -13,7 +13,7 @@ RESULTS_FILE = "results.csv"
 
 # Column order of results.csv (extra codec columns follow).
 COLUMNS = [
-    "codec", "rate_point", "data", "model", "bandwidth", "mbps", "rtt_ms", "device", "server", "n",
+    "codec", "series", "rate_point", "data", "model", "bandwidth", "mbps", "rtt_ms", "device", "server", "n",
     "accuracy", "agreement", "bytes_per_image", "bytes_per_offload", "bpp", "est_bits_per_image",
     "latency_mean_ms", "latency_p50_ms", "latency_p95_ms", "lat_device_ms", "lat_encode_ms", "lat_rtt_ms",
     "lat_transmit_ms", "lat_decode_ms", "lat_server_ms", "offload_ratio", "device_mflops", "server_mflops",

@@ -111,7 +111,8 @@ def execute(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]
     def row_for(the_codec: Any, recs: pd.DataFrame, rec_key: str | None) -> dict[str, Any]:
         metrics = summarize(recs, price(recs, link, device, server), reference=reference, pixels=h * w,
                             extra_columns=the_codec.extra_columns)
-        return {"codec": the_codec.name, "rate_point": the_codec.rate_point(), **common, **metrics,
+        return {"codec": the_codec.name, "series": the_codec.series(), "rate_point": the_codec.rate_point(),
+                **common, **metrics,
                 "codec_options": json.dumps(the_codec.options(), sort_keys=True), "records_key": rec_key}
 
     rows = [row_for(codec, records, key)]

@@ -15,7 +15,7 @@ from splitbench.results import write_results
 
 def synthetic_row(codec, rate, bpi, acc, mbps, lat):
     parts = {f"lat_{s}_ms": lat / 6 for s in ("device", "encode", "rtt", "transmit", "decode", "server")}
-    return {"codec": codec, "rate_point": rate, "data": "fashion_mnist", "model": "vit_fmnist",
+    return {"codec": codec, "series": codec, "rate_point": rate, "data": "fashion_mnist", "model": "vit_fmnist",
             "bandwidth": f"{mbps:g}mbps", "mbps": mbps, "rtt_ms": 10, "device": "host", "server": "host",
             "n": 100, "accuracy": acc, "agreement": acc, "bytes_per_image": bpi, "bpp": bpi * 8 / 784,
             "est_bits_per_image": np.nan, "latency_mean_ms": lat, "latency_p50_ms": lat, "latency_p95_ms": lat,

@@ -87,6 +87,10 @@ class Codec(abc.ABC):
         """Short text naming the operating point, e.g. ``q=50``."""
         return ""
 
+    def series(self) -> str:
+        """The curve this operating point belongs to in plots (codec + any non-rate variant)."""
+        return self.name
+
     def options(self) -> dict[str, Any]:
         """The options this codec was created with (part of the record cache key)."""
         return dict(getattr(self, "_options", {}))
