@@ -1,0 +1,193 @@
+"""``frankensplit``: shallow variational bottleneck injection with head distillation.
+
+FrankenSplit (Furutanpey et al., arXiv 2302.10681, IEEE TMC 2024) replaces the shallow head of a
+frozen server backbone with a tiny device encoder and a compressai entropy model; a server decoder
+reconstructs the head's output (here: the server ViT's tokens after block ``split``, class token
+included) and the frozen tail finishes the task. See ``model.py`` for the networks, ``wire.py``
+for the payload format and ``fit.py`` for training (``python -m splitbench.train codec=frankensplit``).
+
+Options (``codec.*``):
+
+* ``lmbda``: the rate weight the checkpoint was trained with; picks the shipped operating point
+  ``frankensplit[_hp][_s<split>]_l<lmbda>``.
+* ``prior``: ``factorized`` (the paper's ``EntropyBottleneck``) or ``hyperprior`` (scale
+  hyperprior: ``EntropyBottleneck`` for z + ``GaussianConditional`` for y).
+* ``split``: the server ViT block whose output the decoder reconstructs (default 1).
+* ``checkpoint``: a path to your own weights instead of the shipped ones (same ``arch``).
+* ``arch``: encoder/decoder widths (must match the checkpoint); ``fit``: training settings.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from splitbench.codecs import Codec, Payload, register_codec
+from splitbench.errors import CheckpointError, ConfigError, PayloadError
+from splitbench.models.checkpoints import load_manifest, load_shipped, load_user_checkpoint, sha256_file
+from splitbench.models.vit import vit_logits_from
+
+from .fit import fit_settings
+from .model import PRIORS, Arch, FrankenSplitNet
+from .wire import NAME, pack_strings, padded, unpack_strings
+
+
+def checkpoint_name(prior: str, split: int, lmbda: float) -> str:
+    """Manifest name of an operating point, e.g. ``frankensplit_l0.032`` or ``frankensplit_hp_l0.064``."""
+    return NAME + ("_hp" if prior == "hyperprior" else "") + (f"_s{split}" if split != 1 else "") + f"_l{lmbda:g}"
+
+
+def shipped_points(prior: str, split: int, directory: Path | None = None) -> list[float]:
+    """Lambdas with a shipped checkpoint for this prior and split."""
+    manifest = load_manifest(directory) if directory else load_manifest()
+    return sorted(e["lmbda"] for n, e in manifest.items()
+                  if e.get("kind") == "codec" and e.get("codec") == NAME
+                  and n == checkpoint_name(prior, split, e["lmbda"]))
+
+
+def build_arch(prior: str, split: int, arch: dict[str, Any] | None, lmbda: float = 1.0) -> Arch:
+    """Validate the user-facing options and return the network's shape description."""
+    if prior not in PRIORS:
+        raise ConfigError(f"codec.prior for {NAME} must be one of {', '.join(PRIORS)}, got {prior!r}")
+    if isinstance(split, bool) or not isinstance(split, int) or split < 0:
+        raise ConfigError(f"codec.split for {NAME} must be a block index >= 0, got {split!r}")
+    if isinstance(lmbda, bool) or not isinstance(lmbda, (int, float)) or not lmbda > 0:
+        raise ConfigError(f"codec.lmbda for {NAME} must be a positive number, got {lmbda!r}")
+    allowed = {"channels", "latent", "hyper_latent", "decoder_blocks", "tokens", "dim", "heads", "grid"}
+    arch = dict(arch or {})
+    unknown = sorted(set(arch) - allowed)
+    if unknown:
+        raise ConfigError(f"codec.arch has no key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
+    try:
+        built = Arch.from_dict({**Arch().to_dict(), **arch, "prior": prior, "split": split})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"codec.arch for {NAME} is malformed ({err})") from None
+    if len(built.channels) != 2 or not all(isinstance(c, int) and c > 0 for c in (*built.channels, built.latent)):
+        raise ConfigError(f"codec.arch.channels must be two positive integers, got {list(built.channels)}")
+    return built
+
+
+@register_codec(NAME)
+class FrankenSplitCodec(Codec):
+    """Device: tiny conv encoder + range coder. Server: token decoder + frozen ViT tail."""
+
+    def __init__(self, lmbda: float = 0.128, prior: str = "factorized", split: int = 1,
+                 checkpoint: str | None = None, arch: dict[str, Any] | None = None,
+                 fit: dict[str, Any] | None = None) -> None:
+        self.arch = build_arch(prior, split, arch, lmbda)
+        self.lmbda, self.prior, self.split = float(lmbda), prior, split
+        self.fit_options = fit_settings(dict(fit or {}))  # validated here, used by fit only
+        net = FrankenSplitNet(self.arch)
+        self._fingerprint = self._load(net, checkpoint)
+        self._setup(net)
+
+    # -- construction ---------------------------------------------------------------------
+    def _load(self, net: FrankenSplitNet, checkpoint: str | None) -> str:
+        if checkpoint is not None:
+            state, fingerprint = load_user_checkpoint(checkpoint), sha256_file(Path(checkpoint))
+            where = f"checkpoint {checkpoint!r}"
+        else:
+            name = checkpoint_name(self.prior, self.split, self.lmbda)
+            if name not in load_manifest():
+                points = shipped_points(self.prior, self.split)
+                raise CheckpointError(
+                    f"no shipped {NAME} checkpoint for prior={self.prior} split={self.split} lmbda={self.lmbda:g}; "
+                    f"shipped lmbda: {', '.join(f'{p:g}' for p in points) or '(none)'}; pass codec.checkpoint=PATH "
+                    f"or train it: python -m splitbench.train codec={NAME} codec.prior={self.prior} "
+                    f"codec.split={self.split} codec.lmbda={self.lmbda:g}")
+            state, entry = load_shipped(name)
+            if entry.get("arch") != self.arch.to_dict():
+                raise CheckpointError(f"codec.arch {self.arch.to_dict()} differs from the arch shipped {name!r} was "
+                                      f"trained with {entry.get('arch')}")
+            fingerprint, where = entry["sha256"], f"shipped checkpoint {name!r}"
+        try:
+            net.load_weights(state)
+        except (KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{where} does not fit {NAME} with arch {self.arch.to_dict()}: "
+                                  f"{str(err).splitlines()[0]}") from None
+        return fingerprint
+
+    def _setup(self, net: FrankenSplitNet) -> None:
+        self.net = net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def from_net(cls, net: FrankenSplitNet, lmbda: float, fingerprint: str = "in-memory") -> "FrankenSplitCodec":
+        """A codec around a network being trained (fit's evaluation), no checkpoint involved."""
+        codec = cls.__new__(cls)
+        codec.lmbda, codec.prior, codec.split, codec.arch = float(lmbda), net.arch.prior, net.arch.split, net.arch
+        codec.fit_options, codec._fingerprint = {}, fingerprint
+        codec._options = {"lmbda": lmbda, "prior": net.arch.prior, "split": net.arch.split}
+        codec._setup(net)
+        return codec
+
+    def bind(self, task: Any) -> None:
+        net = getattr(task, "net", None)
+        blocks = getattr(net, "blocks", None)
+        a = self.arch
+        if blocks is None or not hasattr(net, "patch_embed"):
+            raise ConfigError(f"{NAME} cuts a timm VisionTransformer server model (model=vit_fmnist); "
+                              f"{getattr(task, 'name', task)!r} is not one")
+        grid = tuple(net.patch_embed.grid_size)
+        if (grid != (a.grid, a.grid) or net.embed_dim != a.dim or task.input_size[0] != 1
+                or net.num_prefix_tokens + a.grid * a.grid != a.tokens):
+            raise ConfigError(f"{NAME} checkpoint was trained for a {a.grid}x{a.grid}-patch grey ViT of width {a.dim}; "
+                              f"model {task.name!r} has a {grid[0]}x{grid[1]} grid, width {net.embed_dim}, "
+                              f"{task.input_size[0]} channel(s)")
+        if not 0 <= self.split < len(blocks):
+            raise ConfigError(f"codec.split={self.split} is outside the server ViT's blocks 0..{len(blocks) - 1}")
+        super().bind(task)
+
+    # -- the four stages ----------------------------------------------------------------
+    def device_forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.encoder(self.task.normalize(images))
+
+    def encode(self, features: torch.Tensor) -> list[Payload]:
+        strings, bits = self.net.compress(features.float().cpu())
+        return [Payload(pack_strings(s), estimated_bits=float(b)) for s, b in zip(strings, bits)]
+
+    def decode(self, data: list[bytes]) -> torch.Tensor:
+        a = self.arch
+        n_strings = 1 if a.prior == "factorized" else 2
+        sizes = [a.latent * a.grid * a.grid] if n_strings == 1 else [a.hyper_latent * ((a.grid + 1) // 2) ** 2,
+                                                                     a.latent * a.grid * a.grid]
+        parsed = []
+        for i, blob in enumerate(data):
+            strings = unpack_strings(blob, n_strings, i)
+            parsed.append([padded(s, n) for s, n in zip(strings, sizes)])
+        y_hat = self.net.decompress(parsed)
+        if not torch.isfinite(y_hat).all():
+            raise PayloadError(f"{NAME} payload decoded to non-finite latents: it is corrupt")
+        return y_hat
+
+    def server_forward(self, features: torch.Tensor) -> torch.Tensor:
+        return vit_logits_from(self.task.net, self.net.decoder(features), self.split)
+
+    # -- description -----------------------------------------------------------------------
+    def rate_point(self) -> str:
+        return f"lmbda={self.lmbda:g}" + (" hyperprior" if self.prior == "hyperprior" else "") + (
+            f" split={self.split}" if self.split != 1 else "")
+
+    def series(self) -> str:
+        variant = [v for v in ("hyperprior" if self.prior == "hyperprior" else "",
+                               f"split={self.split}" if self.split != 1 else "") if v]
+        return NAME + (f" ({', '.join(variant)})" if variant else "")
+
+    def options(self) -> dict[str, Any]:
+        # training settings do not change what the codec measures; the checkpoint hash does
+        return {k: v for k, v in super().options().items() if k != "fit"}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"checkpoint": self._fingerprint}
+
+    @classmethod
+    def fit(cls, cfg: Any, command: str) -> dict[str, Any]:
+        """``python -m splitbench.train codec=frankensplit codec.lmbda=...``: head distillation."""
+        from .fit import fit
+
+        return fit(cls, cfg, command)
+
+
+__all__ = ["FrankenSplitCodec", "checkpoint_name", "shipped_points"]
