@@ -20,10 +20,11 @@ GRID = Grid(channels=1, rows=7, cols=7, patch=4)
 # md5 of the length-prefixed payloads of the first 4 Fashion-MNIST test images (shipped checkpoints,
 # eta=0 so every image is offloaded). Recompute with _golden_digest if a checkpoint is retrained.
 GOLDEN = {
-    "lossless": "TODO",
-    "jpeg": "TODO",
+    "lossless": "ac5e88181f22655a071fec2df162a3f8",
+    "jpeg": "15b094e9085e7854cb016490e08acaa1",
 }
-GOLDEN_OPTIONS = {"lossless": {"eta": 0.0}, "jpeg": {"eta": 0.0, "pixels": "jpeg", "quality": 75}}
+GOLDEN_OPTIONS = {"lossless": {"eta": 0.0, "delta": 0.97},
+                  "jpeg": {"eta": 0.0, "delta": 0.97, "pixels": "jpeg", "quality": 75, "abbreviated": True}}
 
 
 def _digest(payloads):
@@ -101,6 +102,7 @@ def test_selection_rules():
     scores = torch.tensor([[0.1, 0.5, 0.3, 0.1]])
     assert select(scores, "cumulative", delta=0.85, k=0, threshold=0)[0].tolist() == [False, True, True, False]
     assert select(scores, "cumulative", delta=0.1, k=0, threshold=0)[0].tolist() == [False, True, False, False]
+    assert select(scores, "cumulative", delta=1.0, k=0, threshold=0)[0].all()
     assert select(scores, "topk", delta=0, k=3, threshold=0)[0].tolist() == [True, True, True, False]
     assert select(scores, "threshold", delta=0, k=0, threshold=0.3)[0].tolist() == [False, True, True, False]
 
@@ -174,7 +176,7 @@ def test_same_bytes_in_a_fresh_process():
         "from splitbench.models import build_model\n"
         "ds = build_dataset({'name': 'fashion_mnist', 'split': 'test', 'root': None, 'limit': 4})\n"
         "images = torch.stack([ds[i][0] for i in range(4)])\n"
-        "c = create_codec('patchsel', eta=0.0)\n"
+        "c = create_codec('patchsel', eta=0.0, delta=0.97)\n"
         "c.bind(build_model({'name': 'vit_fmnist', 'checkpoint': None, 'pretrained': True}))\n"
         "with torch.inference_mode():\n"
         "    ps = c.encode(c.device_forward(images))\n"

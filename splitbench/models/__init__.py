@@ -47,7 +47,7 @@ def register_model(name: str) -> Callable[[Callable[..., TaskModel]], Callable[.
 
 def build_model(cfg: Any) -> TaskModel:
     """Build and load the task model named by ``cfg.name`` (eval mode, gradients off)."""
-    from . import efficientnet, vit  # noqa: F401  (register)
+    from . import efficientnet, vit, vit_edge  # noqa: F401  (register)
 
     options = {k: v for k, v in dict(cfg).items() if k != "name"}
     name = cfg["name"]

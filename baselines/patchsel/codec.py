@@ -1,0 +1,213 @@
+"""``patchsel`` and ``local``: attention-aware patch selection with entropy-aware offloading
+(Im et al., IEEE IoT-J 2024, arXiv 2404.07217), counted in real bytes.
+
+Device: the edge ViT (``vit_edge``, same 7x7 patch grid as the server ViT) classifies the image.
+If its uncertainty is below ``eta`` its answer stands and nothing is sent (``local``: always).
+Otherwise the patches it attended to most (last-layer CLS attention, head mean) are kept and sent
+as a compact mask plus their pixels (see wire.py); the server runs its ViT on those tokens only.
+
+The original paper counts cost as the fraction of tokens sent with raw pixels and indices free;
+here the rate is the payload's real length, and the paper's token fraction is reported beside it
+(``token_cost``: kept/49 per offloaded image, 0 for a local answer).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from splitbench.codecs import Codec, Payload, register_codec
+from splitbench.errors import ConfigError, PayloadError
+from splitbench.models import TaskModel, build_model
+from splitbench.models.checkpoints import load_shipped
+
+from .attention import SCORES, EdgeOutput, edge_forward
+from .policy import GATES, SELECTIONS, select, uncertainty
+from .server import grid_of, kept_logits
+from .wire import (PIXEL_CODINGS, Grid, JpegPixels, decode_lossless, encode_lossless, mask_bytes,
+                   pack_payload, unpack_payload)
+
+
+def _choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise ConfigError(f"codec.{key} must be one of {', '.join(valid)}; got {value!r}")
+    return value
+
+
+def _number(key: str, value: Any, low: float, high: float, integer: bool = False) -> Any:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"codec.{key} must be {kind} in [{low}, {high}]; got {value!r}")
+    return value if integer else float(value)
+
+
+def load_edge(name: str, checkpoint: str | None) -> TaskModel:
+    """The device model: a shipped (or user) ViT on the server's patch grid."""
+    return build_model({"name": name, "checkpoint": checkpoint, "pretrained": True})
+
+
+class EdgeCodec(Codec):
+    """Shared device half: the edge model, loaded (and hash-checked) when the codec is created."""
+
+    def __init__(self, edge_model: str, edge_checkpoint: str | None) -> None:
+        self.edge = load_edge(edge_model, edge_checkpoint)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"edge": self.edge.fingerprint}
+
+
+@register_codec("local")
+class LocalCodec(EdgeCodec):
+    """The edge model answers every image on the device; nothing is sent (0 bytes).
+
+    The reference row for device-only inference: its accuracy is the floor any offloading codec
+    built on the same edge model should beat.
+    """
+
+    def __init__(self, edge_model: str = "vit_edge", edge_checkpoint: str | None = None) -> None:
+        super().__init__(edge_model, edge_checkpoint)
+
+    def device_forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.edge(images)
+
+    def encode(self, features: torch.Tensor) -> list[Payload]:
+        return [Payload(b"", local_prediction=int(i)) for i in features.argmax(dim=-1)]
+
+    def decode(self, data: list[bytes]) -> Any:
+        raise PayloadError(f"local sends no payload (the edge model answers on the device); got "
+                           f"{len(data)} payload(s) of {sum(map(len, data))} bytes")
+
+    def rate_point(self) -> str:
+        return f"edge={self.edge.name}"
+
+
+@register_codec("patchsel")
+class PatchSelCodec(EdgeCodec):
+    """Entropy gate + attention-ranked patches + real payload; all knobs are config options.
+
+    ``server_weights``: null runs the run's own server model (``model=``) on the kept tokens; a
+    shipped name (``vit_fmnist_patchdrop``, trained by ``python -m splitbench.train codec=patchsel``)
+    loads fine-tuned weights into a copy of it instead, and the rate point says so.
+    """
+
+    extra_columns = ("kept_patches", "token_cost", "mask_bytes", "gate_uncertainty")
+
+    def __init__(self, eta: float = 0.4, delta: float = 0.97, gate: str = "min_entropy",
+                 selection: str = "cumulative", k: int = 16, threshold: float = 0.02,
+                 score: str = "cls_attention", pixels: str = "lossless", quality: int = 75,
+                 abbreviated: bool = True, edge_model: str = "vit_edge", edge_checkpoint: str | None = None,
+                 server_weights: str | None = None) -> None:
+        self.eta = _number("eta", eta, 0.0, math.inf)
+        self.delta = _number("delta", delta, 0.0, 1.0)
+        self.gate = _choice("gate", gate, GATES)
+        self.selection = _choice("selection", selection, SELECTIONS)
+        self.k = _number("k", k, 1, 10_000, integer=True)
+        self.threshold = _number("threshold", threshold, 0.0, 1.0)
+        self.score = _choice("score", score, SCORES)
+        self.pixels = _choice("pixels", pixels, PIXEL_CODINGS)
+        self.quality = _number("quality", quality, 1, 100, integer=True)
+        self.abbreviated = bool(abbreviated)
+        self.server_weights = server_weights
+        self._jpeg = JpegPixels(self.quality, self.abbreviated)
+        super().__init__(edge_model, edge_checkpoint)
+        self.edge_grid = grid_of(self.edge.net, self.edge.input_size, f"edge model {edge_model!r}")
+        self._server_state: dict[str, torch.Tensor] | None = None
+        self._server_sha = None
+        if server_weights is not None:
+            self._server_state, entry = load_shipped(server_weights)
+            self._server_sha = entry["sha256"]
+
+    # -- binding -----------------------------------------------------------------------------------
+    def bind(self, task: TaskModel) -> None:
+        super().bind(task)
+        self.grid: Grid = grid_of(task.net, task.input_size, f"server model {task.name!r}")
+        if self.grid != self.edge_grid:
+            raise ConfigError(f"the edge model's patch grid {self.edge_grid} differs from the server model "
+                              f"{task.name!r}'s {self.grid}; patchsel needs the same grid on both ends")
+        self.server_net = task.net
+        if self._server_state is not None:
+            self.server_net = copy.deepcopy(task.net)
+            try:
+                self.server_net.load_state_dict(self._server_state, strict=True)
+            except RuntimeError as err:
+                raise ConfigError(f"codec.server_weights={self.server_weights!r} does not fit server model "
+                                  f"{task.name!r}: {str(err).splitlines()[0]}") from None
+            self.server_net.eval()
+
+    # -- device ------------------------------------------------------------------------------------
+    def device_forward(self, images: torch.Tensor) -> EdgeOutput:
+        logits, scores = edge_forward(self.edge.net, self.edge.normalize(images), self.score)
+        return EdgeOutput(images=images, logits=logits, scores=scores)
+
+    def encode(self, features: EdgeOutput) -> list[Payload]:
+        u = uncertainty(features.logits, self.gate)
+        mask = select(features.scores, self.selection, delta=self.delta, k=self.k, threshold=self.threshold)
+        preds = features.logits.argmax(dim=-1)
+        grid = getattr(self, "grid", self.edge_grid)
+        out = []
+        for i, image in enumerate(features.images.to(torch.uint8).numpy()):
+            if float(u[i]) < self.eta:
+                out.append(Payload(b"", local_prediction=int(preds[i]), extras={
+                    "kept_patches": math.nan, "token_cost": 0.0, "mask_bytes": math.nan,
+                    "gate_uncertainty": float(u[i])}))
+                continue
+            indices = np.flatnonzero(mask[i].numpy())
+            if self.pixels == "lossless":
+                pixels = encode_lossless(grid, image, indices)
+            else:
+                pixels = self._jpeg.encode(grid, image, indices)
+            out.append(Payload(pack_payload(grid, indices, pixels), extras={
+                "kept_patches": float(len(indices)), "token_cost": len(indices) / grid.patches,
+                "mask_bytes": float(mask_bytes(grid.patches, len(indices))), "gate_uncertainty": float(u[i])}))
+        return out
+
+    # -- server ------------------------------------------------------------------------------------
+    def decode(self, data: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for blob in data:
+            indices, pixels = unpack_payload(self.grid, blob, self.name)
+            if self.pixels == "lossless":
+                patches = decode_lossless(self.grid, pixels, indices, self.name)
+            else:
+                patches = self._jpeg.decode(self.grid, pixels, indices, self.name)
+            out.append((indices, patches))
+        return out
+
+    def server_forward(self, features: list[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
+        """Samples with the same kept count run as one batch (exact: no padding, no masks)."""
+        logits: list[torch.Tensor | None] = [None] * len(features)
+        by_count: dict[int, list[int]] = {}
+        for i, (indices, _) in enumerate(features):
+            by_count.setdefault(len(indices), []).append(i)
+        for members in by_count.values():
+            idx = torch.from_numpy(np.stack([features[i][0] for i in members]))
+            patches = torch.from_numpy(np.stack([features[i][1] for i in members]))  # B,n,C,p,p
+            normed = self.task.normalize(patches.flatten(0, 1)).view(*patches.shape)
+            for j, row in zip(members, kept_logits(self.server_net, normed, idx)):
+                logits[j] = row
+        return torch.stack(logits)  # type: ignore[arg-type]
+
+    # -- description -------------------------------------------------------------------------------
+    def rate_point(self) -> str:
+        rule = {"cumulative": f"delta={self.delta:g}", "topk": f"k={self.k}",
+                "threshold": f"thr={self.threshold:g}"}[self.selection]
+        gate = "" if self.gate == "min_entropy" else f" {self.gate}"
+        pix = "lossless" if self.pixels == "lossless" else f"jpeg q={self.quality}" + (
+            " abbrev" if self.abbreviated else "")
+        score = "" if self.score == "cls_attention" else " rollout"
+        server = "" if self.server_weights is None else f" server={self.server_weights}"
+        return f"eta={self.eta:g}{gate} {rule}{score} {pix}{server}"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), "server_weights": self._server_sha}
+
+    @classmethod
+    def fit(cls, cfg: Any, command: str) -> dict[str, Any]:
+        """Fine-tune the server ViT for kept-patch inputs (optional; see finetune.py)."""
+        from .finetune import fit
+
+        return fit(cls, cfg, command)
