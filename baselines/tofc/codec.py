@@ -1,0 +1,225 @@
+"""``tofc``: task-oriented feature compression (Yuan et al., arXiv 2503.12926) on the server ViT.
+
+Device: the first ``split`` blocks of the server ViT -> DPC-KNN merge of the patch tokens into
+``n_clusters`` tokens (baselines/tofc/dpc_knn.py) -> the class token and the merged tokens are
+entropy-coded with the selective hyperprior (entropy.py, coder.py). Server: decode -> the remaining
+blocks on the 1 + n_c tokens -> logits. Fewer tokens shrink both the payload and the server compute.
+
+Choices where the paper is silent (each a config value):
+- cluster sizes are **not** sent: a merged token is the plain mean of its cluster and the server
+  runs ordinary attention (no proportional attention). Sizes would cost ~n_c * 4 bits per image;
+  the rate-aware training of the step sizes absorbs most of the merge error instead.
+- the quantiser works along a fixed orthonormal basis, the PCA of the training tokens
+  (``transform=pca``; ``none`` = the raw channels, the paper-literal form), with a learned step
+  per component starting at ``q_step`` (token units). The basis ships in the checkpoint.
+- ``entropy=none`` sends the merged tokens as raw fp16 (the "merging only" ablation);
+  ``n_clusters=49`` (>= the patch count) skips merging (the "entropy model only" ablation).
+- the server tail is the shipped server ViT, frozen; ``finetune_tail=true`` trains and ships a copy.
+
+Checkpoints: ``checkpoints/tofc_s{split}_c{n_clusters}_e{n_experts}_{lap|gau}_l{lmbda}[_ft][_notf].pt``,
+chosen by the options; ``checkpoint=PATH`` loads a user's file (same options as at training).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from splitbench.codecs import Codec, Payload, register_codec
+from splitbench.errors import CheckpointError, ConfigError, PayloadError
+from splitbench.models.checkpoints import load_manifest, load_shipped, load_user_checkpoint, sha256_file
+from splitbench.models.vit import vit_logits_from, vit_tokens_until
+from splitbench.paths import CHECKPOINT_DIR
+
+from .coder import TokenCoder
+from .dpc_knn import dpc_knn_merge
+from .entropy import CONDITIONALS, SelectiveHyperprior
+
+ENTROPY_MODES = ("hyperprior", "none")
+TRANSFORMS = ("pca", "none")
+
+
+def checkpoint_name(split: int, n_clusters: int, n_experts: int, distribution: str, lmbda: float,
+                    finetune_tail: bool = False, transform: str = "pca") -> str:
+    """Manifest name of the checkpoint trained with these options."""
+    return (f"tofc_s{split}_c{n_clusters}_e{n_experts}_{distribution[:3]}_l{lmbda:g}"
+            + ("_ft" if finetune_tail else "") + ("_notf" if transform == "none" else ""))
+
+
+def tail_modules(net: nn.Module, split: int) -> nn.ModuleList:
+    """The server half of a timm ViT after ``split`` blocks (what ``finetune_tail`` trains)."""
+    return nn.ModuleList([*net.blocks[split:], net.norm, net.fc_norm, net.head])
+
+
+def _check(cond: bool, key: str, value: Any, valid: str) -> None:
+    if not cond:
+        raise ConfigError(f"codec.{key} for tofc must be {valid}, got {value!r}")
+
+
+@register_codec("tofc")
+class TofcCodec(Codec):
+    """Split ViT + DPC-KNN token merging + selective hyperprior entropy coding."""
+
+    extra_columns = ("tokens",)
+
+    def __init__(self, split: int = 3, n_clusters: int = 8, k: int = 5, entropy: str = "hyperprior",
+                 distribution: str = "laplace", n_experts: int = 4, lmbda: float = 0.002,
+                 checkpoint: str | None = None, finetune_tail: bool = False,
+                 transform: str = "pca", q_step: float = 1.0, hyper_channels: int = 8, hidden: int = 64,
+                 temperature: float = 1.0, balance_alpha: float = 1.0, train_steps: int = 800,
+                 train_images: int = 24000) -> None:
+        _check(isinstance(split, int) and split >= 0, "split", split, "an integer >= 0")
+        _check(isinstance(n_clusters, int) and n_clusters >= 1, "n_clusters", n_clusters, "an integer >= 1")
+        _check(isinstance(k, int) and k >= 1, "k", k, "an integer >= 1")
+        _check(entropy in ENTROPY_MODES, "entropy", entropy, f"one of {', '.join(ENTROPY_MODES)}")
+        _check(distribution in CONDITIONALS, "distribution", distribution, f"one of {', '.join(CONDITIONALS)}")
+        _check(isinstance(n_experts, int) and n_experts >= 1, "n_experts", n_experts, "an integer >= 1")
+        _check(isinstance(lmbda, (int, float)) and lmbda >= 0, "lmbda", lmbda, "a number >= 0")
+        _check(transform in TRANSFORMS, "transform", transform, f"one of {', '.join(TRANSFORMS)}")
+        _check(isinstance(q_step, (int, float)) and q_step > 0, "q_step", q_step, "a number > 0")
+        _check(isinstance(temperature, (int, float)) and temperature > 0, "temperature", temperature, "> 0")
+        self.split, self.n_clusters, self.k = split, n_clusters, k
+        self.entropy, self.distribution, self.n_experts = entropy, distribution, n_experts
+        self.lmbda, self.checkpoint, self.finetune_tail = float(lmbda), checkpoint, bool(finetune_tail)
+        self.transform = transform
+        self.q_step, self.hyper_channels, self.hidden = float(q_step), hyper_channels, hidden
+        self.temperature, self.balance_alpha, self.train_steps = float(temperature), float(balance_alpha), train_steps
+        self.train_images = train_images
+        self.coder: TokenCoder | None = None
+        self.tail_state: dict[str, torch.Tensor] | None = None
+        self._sha = ""
+        self._server_net: nn.Module | None = None
+        if entropy == "hyperprior":
+            self._load()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def ckpt_name(self) -> str:
+        return checkpoint_name(self.split, self.n_clusters, self.n_experts, self.distribution, self.lmbda,
+                               self.finetune_tail, self.transform)
+
+    def new_model(self, dim: int) -> SelectiveHyperprior:
+        return SelectiveHyperprior(dim, self.hyper_channels, self.hidden, self.n_experts, self.distribution,
+                                   self.q_step, self.transform)
+
+    def _load(self) -> None:
+        if self.checkpoint is not None:
+            state = load_user_checkpoint(self.checkpoint)
+            self._sha = sha256_file(Path(self.checkpoint))
+            arch = {"hyper_channels": self.hyper_channels, "hidden": self.hidden}
+        else:
+            manifest = load_manifest(CHECKPOINT_DIR)
+            if self.ckpt_name not in manifest:
+                shipped = sorted(n for n in manifest if n.startswith("tofc_"))
+                raise CheckpointError(
+                    f"no shipped tofc checkpoint {self.ckpt_name!r} for these options (split, n_clusters, "
+                    f"n_experts, distribution, lmbda, finetune_tail); shipped: {', '.join(shipped) or '(none)'}; "
+                    f"train one with: python -m splitbench.train codec=tofc codec.n_clusters={self.n_clusters} "
+                    f"codec.lmbda={self.lmbda:g} ...  or pass codec.checkpoint=PATH")
+            state, entry = load_shipped(self.ckpt_name)
+            self._sha = entry["sha256"]
+            arch = entry.get("arch", {})
+            if arch.get("k", self.k) != self.k:
+                raise ConfigError(f"codec.k={self.k} differs from the k={arch['k']} that {self.ckpt_name!r} "
+                                  f"was trained with")
+        tail = {k[len("tail."):]: v for k, v in state.items() if k.startswith("tail.")}
+        model_state = {k: v for k, v in state.items() if not k.startswith("tail.")}
+        if "shift" not in model_state:
+            raise CheckpointError(f"tofc checkpoint {self.checkpoint or self.ckpt_name!r} holds no entropy model")
+        dim = model_state["shift"].numel()
+        model = SelectiveHyperprior(dim, int(arch.get("hyper_channels", self.hyper_channels)),
+                                    int(arch.get("hidden", self.hidden)), self.n_experts, self.distribution)
+        missing, unexpected = model.load_state_dict(model_state, strict=False)
+        missing = [k for k in missing if k.rsplit(".", 1)[-1] not in
+                   ("_offset", "_quantized_cdf", "_cdf_length", "scale_table", "scale_bound")]
+        if missing or unexpected:
+            raise CheckpointError(f"tofc checkpoint {self.checkpoint or self.ckpt_name!r} does not fit "
+                                  f"(n_experts={self.n_experts}, distribution={self.distribution}): "
+                                  f"{len(missing)} missing, {len(unexpected)} unexpected keys")
+        if self.finetune_tail and not tail:
+            raise CheckpointError(f"codec.finetune_tail=true but {self.ckpt_name!r} ships no tail weights")
+        self.tail_state = tail or None
+        self.coder = TokenCoder(model, tag=bytes.fromhex(self._sha[:16]) if len(self._sha) >= 16
+                                else hashlib.sha256(self._sha.encode()).digest()[:8])
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"checkpoint_sha256": self._sha}
+
+    # -- binding -------------------------------------------------------------------------------
+    def bind(self, task: Any) -> None:
+        super().bind(task)
+        net = task.net
+        if not hasattr(net, "blocks") or not 0 <= self.split <= len(net.blocks):
+            raise ConfigError(f"codec.split={self.split} needs a timm ViT with at least {self.split} blocks; "
+                              f"model {task.name!r} has {len(getattr(net, 'blocks', []))}")
+        dim = net.embed_dim
+        if self.coder is not None and self.coder.model.dim != dim:
+            raise CheckpointError(f"tofc checkpoint codes {self.coder.model.dim}-dim tokens, model {task.name!r} "
+                                  f"has {dim}")
+        self._server_net = net
+        if self.tail_state is not None:
+            server = copy.deepcopy(net)
+            tail_modules(server, self.split).load_state_dict(self.tail_state)
+            self._server_net = server.eval()
+
+    @property
+    def n_tokens(self) -> int:
+        patches = self.task.net.patch_embed.num_patches
+        return 1 + min(self.n_clusters, patches)
+
+    # -- the four stages -----------------------------------------------------------------------
+    def device_forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = vit_tokens_until(self.task.net, self.task.normalize(images), self.split)
+        return dpc_knn_merge(tokens, self.n_clusters, self.k)
+
+    def encode(self, features: torch.Tensor) -> list[Payload]:
+        n_tok = features.shape[1]
+        if self.entropy == "none":
+            return [Payload(f.to(torch.float16).contiguous().numpy().tobytes(), estimated_bits=16.0 * f.numel(),
+                            extras={"tokens": float(n_tok)}) for f in features]
+        assert self.coder is not None
+        out = []
+        for f in features:
+            data, bits, _ = self.coder.encode(f)
+            out.append(Payload(data, estimated_bits=bits, extras={"tokens": float(n_tok)}))
+        return out
+
+    def decode(self, data: list[bytes]) -> torch.Tensor:
+        n_tok, dim = self.n_tokens, self.task.net.embed_dim
+        if self.entropy == "none":
+            expected = n_tok * dim * 2
+            out = []
+            for i, blob in enumerate(data):
+                if len(blob) != expected:
+                    raise PayloadError(f"tofc (entropy=none) payload {i} has {len(blob)} bytes, expected "
+                                       f"{expected} ({n_tok} tokens x {dim} fp16)")
+                arr = np.frombuffer(blob, dtype=np.float16).reshape(n_tok, dim).astype(np.float32)
+                if not np.isfinite(arr).all():
+                    raise PayloadError(f"tofc (entropy=none) payload {i} holds non-finite values")
+                out.append(torch.from_numpy(arr))
+            return torch.stack(out)
+        assert self.coder is not None
+        return torch.stack([self.coder.decode(blob, n_tok, i) for i, blob in enumerate(data)])
+
+    def server_forward(self, features: torch.Tensor) -> torch.Tensor:
+        return vit_logits_from(self._server_net, features, self.split)
+
+    def rate_point(self) -> str:
+        parts = [f"s={self.split}", f"nc={self.n_clusters}"]
+        if self.entropy == "none":
+            return " ".join(parts + ["fp16"])
+        parts += [f"ne={self.n_experts}", self.distribution[:3], f"l={self.lmbda:g}"]
+        return " ".join(parts + (["ft"] if self.finetune_tail else []) + (["no-pca"] if self.transform == "none" else []))
+
+    # -- training --------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, cfg: Any, command: str) -> dict[str, Any]:
+        """``python -m splitbench.train codec=tofc ...`` (see baselines/tofc/train.py)."""
+        from .train import fit
+
+        return fit(cls, cfg, command)
