@@ -36,6 +36,12 @@ SUITES: dict[str, dict[str, list[str]]] = {
         "jpeg": ["codec=jpeg", "codec.quality=5,10,20,35,50,75,95"],
         "jpeg_abbrev": ["codec=jpeg", "codec.abbreviated=true", "codec.quality=5,10,20,35,50,75,95"],
         "webp": ["codec=webp", "codec.quality=5,20,50,80,95"],
+        "frankensplit": ["codec=frankensplit", "codec.lmbda=0.032,0.064,0.128,0.256,0.512,1.024"],
+        "local": ["codec=local"],
+        "tofc": ["codec=tofc"],
+        "tofc_ft": ["codec=tofc", "codec.n_clusters=16", "codec.finetune_tail=true", "codec.lmbda=0.002,0.0005"],
+        "tofc_nomerge": ["codec=tofc", "codec.n_clusters=49"],
+        "patchsel": ["codec=patchsel", "codec.eta=0.2,0.4,0.6", "codec.delta=0.97,1.0"],
     },
     "photos": {
         "raw": ["codec=raw"],

@@ -216,6 +216,13 @@ class TofcCodec(Codec):
         parts += [f"ne={self.n_experts}", self.distribution[:3], f"l={self.lmbda:g}"]
         return " ".join(parts + (["ft"] if self.finetune_tail else []) + (["no-pca"] if self.transform == "none" else []))
 
+    def series(self) -> str:
+        """Fine-tuned-tail and no-merging variants are separate curves; lambda moves along one."""
+        tags = [] if self.n_clusters < 49 else ["no merging"]
+        tags += ["fine-tuned tail"] if self.finetune_tail else []
+        tags += ["fp16"] if self.entropy == "none" else []
+        return "tofc" + (f" ({', '.join(tags)})" if tags else "")
+
     # -- training --------------------------------------------------------------------------------
     @classmethod
     def fit(cls, cfg: Any, command: str) -> dict[str, Any]:
