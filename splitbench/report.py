@@ -113,7 +113,7 @@ def fig_rate_accuracy(df: pd.DataFrame, out: Path, score: str) -> list[Path]:
     ax.set_ylabel(f"top-1 {score} (%)")
     ax.set_title(f"Rate vs {score}: {points['data'].iloc[0]} / {points['model'].iloc[0]}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=2, loc="lower right")
     return _save(fig, out, "rate_accuracy")
 
 
@@ -148,7 +148,7 @@ def fig_breakdown(df: pd.DataFrame, out: Path, score: str, floor: float, mbps: f
     ax.set_xlabel("mean latency (ms)")
     ax.set_title(f"Latency breakdown at {mbps:g} Mbit/s ({score} >= {100 * floor:.1f}%)")
     ax.invert_yaxis()
-    ax.legend(fontsize=8, ncol=3, loc="lower right")
+    ax.legend(fontsize=8, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / max(1, len(best))))
     ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, out, "latency_breakdown")
 
