@@ -42,6 +42,8 @@ SUITES: dict[str, dict[str, list[str]]] = {
         "tofc_ft": ["codec=tofc", "codec.n_clusters=16", "codec.finetune_tail=true", "codec.lmbda=0.002,0.0005"],
         "tofc_nomerge": ["codec=tofc", "codec.n_clusters=49"],
         "patchsel": ["codec=patchsel", "codec.eta=0.2,0.4,0.6", "codec.delta=0.97,1.0"],
+        "elic": ["codec=elic", "codec.lmbda=0.0067,0.025"],
+        "bmshj2018": ["codec=bmshj2018", "codec.lmbda=0.0067,0.025"],
     },
     "photos": {
         "raw": ["codec=raw"],
