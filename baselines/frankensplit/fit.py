@@ -31,7 +31,7 @@ from splitbench.models import build_model
 from splitbench.models.checkpoints import save_shipped
 from splitbench.models.vit import vit_logits_from, vit_tokens_until
 from splitbench.paths import CHECKPOINT_DIR
-from splitbench.training import augment, loader, seed_everything, warmup_cosine
+from splitbench.training import augment, evaluate_codec, loader, seed_everything, warmup_cosine
 
 from .model import FrankenSplitNet, encoder_stats
 
@@ -44,22 +44,6 @@ def fit_settings(options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"codec.fit has no key(s) {', '.join(unknown)}; valid: {', '.join(FIT_DEFAULTS)}")
     return {**FIT_DEFAULTS, **options}
-
-
-@torch.inference_mode()
-def evaluate_codec(codec: Any, dataset: Any, batch_size: int = 500) -> dict[str, float]:
-    """Accuracy, mean real bytes and estimated bits over ``dataset`` via encode -> bytes -> decode."""
-    correct = total = 0
-    n_bytes = est_bits = 0.0
-    for images, labels in loader(dataset, batch_size, shuffle=False):
-        payloads = codec.encode(codec.device_forward(images))
-        logits = codec.server_forward(codec.decode([p.data for p in payloads]))
-        correct += int((logits.argmax(-1) == labels).sum())
-        total += len(labels)
-        n_bytes += sum(len(p.data) for p in payloads)
-        est_bits += sum(p.estimated_bits for p in payloads)
-    return {"test_top1": round(correct / total, 4), "bytes_per_image": round(n_bytes / total, 2),
-            "est_bits_per_image": round(est_bits / total, 1), "test_images": total}
 
 
 def fit(cls: Any, cfg: Any, command: str) -> dict[str, Any]:

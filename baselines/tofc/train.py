@@ -29,29 +29,13 @@ from splitbench.models.checkpoints import save_shipped
 from splitbench.models.vit import vit_logits_from, vit_tokens_until
 from splitbench.paths import CHECKPOINT_DIR
 from splitbench.paths import cache_dir
-from splitbench.training import loader, seed_everything, warmup_cosine
+from splitbench.training import evaluate_codec, loader, seed_everything, warmup_cosine
 
 from .coder import TokenCoder
 from .dpc_knn import dpc_knn_merge
 from .entropy import shipped_state
 
 INIT_IMAGES = 512  # images whose tokens set the quantiser's shift and initial steps
-
-
-@torch.inference_mode()
-def evaluate_codec(codec: Any, dataset: Any, batch_size: int = 500) -> dict[str, float]:
-    """Accuracy and mean real / estimated bytes per image through encode -> bytes -> decode."""
-    correct = total = n_bytes = 0
-    est = 0.0
-    for images, labels in loader(dataset, batch_size, shuffle=False):
-        payloads = codec.encode(codec.device_forward(images))
-        logits = codec.server_forward(codec.decode([p.data for p in payloads]))
-        correct += int((logits.argmax(-1) == labels).sum())
-        total += len(labels)
-        n_bytes += sum(len(p.data) for p in payloads)
-        est += sum(p.estimated_bits for p in payloads) / 8
-    return {"test_top1": round(correct / total, 4), "bytes_per_image": round(n_bytes / total, 2),
-            "est_bytes_per_image": round(est / total, 2), "test_images": total}
 
 
 @torch.inference_mode()
@@ -163,6 +147,7 @@ def fit(cls: Any, cfg: Any, command: str) -> dict[str, Any]:
         codec.tail_state = {k[5:]: v for k, v in shipped.items() if k.startswith("tail.")}
         codec.bind(task)
     metrics = evaluate_codec(codec, test_set)
+    metrics["est_bytes_per_image"] = round(metrics.pop("est_bits_per_image") / 8, 2)
     name = t.save_as or codec.ckpt_name
     arch = {"split": codec.split, "n_clusters": codec.n_clusters, "k": codec.k, "n_experts": codec.n_experts,
             "distribution": codec.distribution, "hyper_channels": codec.hyper_channels, "hidden": codec.hidden,

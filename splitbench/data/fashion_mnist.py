@@ -7,7 +7,6 @@ directory (atomically) and then let torchvision read them.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,20 +17,13 @@ from torch.utils.data import Dataset
 from torchvision.datasets import FashionMNIST
 
 from ..errors import ConfigError, DataError
+from ..models.checkpoints import sha256_file
 from ..paths import REPO_ROOT, cache_dir
 from . import register_dataset
 
 VENDORED = REPO_ROOT / "data" / "fashion-mnist"
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unpack_vendored(root: Path) -> None:
@@ -45,7 +37,7 @@ def _unpack_vendored(root: Path) -> None:
         gz = VENDORED / f"{name}.gz"
         if not gz.exists():
             raise DataError(f"vendored Fashion-MNIST file {gz} is missing; restore it from git")
-        if _sha256(gz) != sums[gz.name]:
+        if sha256_file(gz) != sums[gz.name]:
             raise DataError(f"vendored Fashion-MNIST file {gz} fails its SHA256SUMS check")
         fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
         with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
