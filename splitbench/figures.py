@@ -123,8 +123,10 @@ def claims_table(df: pd.DataFrame, floor_drop: float = 0.01) -> pd.DataFrame:
         base_vals = {b: best_at_floor(df, b, floor, metric) for b in baselines}
         base_name, base = min(((b, v) for b, v in base_vals.items()), key=lambda kv: (math.isnan(kv[1]), kv[1]))
         ratio = ours / base if base and not math.isnan(base) and not math.isnan(ours) else math.nan
-        if math.isnan(ours):
-            verdict = f"n/a: {codec} has no point within {100 * floor_drop:.0f} pt of raw (or is not built)"
+        if codec not in list_codecs():
+            verdict = f"n/a: {codec} is not built"
+        elif math.isnan(ours):
+            verdict = f"not reproduced: no {codec} point within {100 * floor_drop:.0f} pt of raw"
         elif math.isnan(base):
             verdict = f"n/a: {base_name} has no point within {100 * floor_drop:.0f} pt of raw"
         else:

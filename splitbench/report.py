@@ -93,9 +93,10 @@ def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
 
 
 def _codec_styles(codecs: Iterable[str]) -> dict[str, dict]:
-    cmap = plt.get_cmap("tab10")
-    markers = "osD^vP*Xhp<>"
-    return {c: {"color": cmap(i % 10), "marker": markers[i % len(markers)]} for i, c in enumerate(sorted(codecs))}
+    colours = [*plt.get_cmap("tab10").colors, "#000000", "#9a6324", "#469990", "#000075", "#f032e6", "#808000"]
+    markers = "osD^vP*Xhp<>d"
+    return {c: {"color": colours[i % len(colours)], "marker": markers[i % len(markers)]}
+            for i, c in enumerate(sorted(codecs))}
 
 
 def fig_rate_accuracy(df: pd.DataFrame, out: Path, score: str) -> list[Path]:

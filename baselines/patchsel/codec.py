@@ -202,6 +202,11 @@ class PatchSelCodec(EdgeCodec):
         server = "" if self.server_weights is None else f" server={self.server_weights}"
         return f"eta={self.eta:g}{gate} {rule}{score} {pix}{server}"
 
+    def series(self) -> str:
+        """One curve per selection rule and pixel coding; the gate threshold eta moves along it."""
+        rule = self.rate_point().split(" ", 1)[1]
+        return f"patchsel ({rule})"
+
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), "server_weights": self._server_sha}
 
