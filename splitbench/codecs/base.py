@@ -82,6 +82,16 @@ class Codec(abc.ABC):
         """Server compute after decoding. Default: the task model on a decoded image batch."""
         return self.task(features)
 
+    def max_payload_bytes(self) -> int:
+        """The longest payload this bound codec can ever produce.
+
+        Decoders reject longer payloads before any parsing, and the edge server caps a session's
+        DATA frames at it, so no client can make either hold more than a codec legitimately needs.
+        Default: 64 bytes per input element plus 4 KiB; codecs override it with a tight bound.
+        """
+        c, h, w = self.task.input_size
+        return 64 * c * h * w + 4096
+
     # -- description -------------------------------------------------------------------------
     def rate_point(self) -> str:
         """Short text naming the operating point, e.g. ``q=50``."""
