@@ -17,7 +17,7 @@ COLUMNS = [
     "accuracy", "agreement", "bytes_per_image", "bytes_per_offload", "bpp", "est_bits_per_image",
     "latency_mean_ms", "latency_p50_ms", "latency_p95_ms", "lat_device_ms", "lat_encode_ms", "lat_rtt_ms",
     "lat_transmit_ms", "lat_decode_ms", "lat_server_ms", "offload_ratio", "device_mflops", "server_mflops",
-    "timing", "codec_options", "records_key", "splitbench_version",
+    "timing", "codec_options", "data_options", "records_key", "splitbench_version",
 ]
 
 

@@ -102,7 +102,8 @@ def execute(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]
 
     c, h, w = task.input_size
     common = {
-        "data": data_cfg["name"], "model": task.name, "bandwidth": link.name, "mbps": link.mbps,
+        "data": data_cfg["name"], "data_options": json.dumps(data_cfg, sort_keys=True, default=str),
+        "model": task.name, "bandwidth": link.name, "mbps": link.mbps,
         "rtt_ms": link.rtt_ms, "device": device.name, "server": server.name,
         "timing": ("batch1" if bs == 1 else f"amortised/{bs}") + ("" if clock == "wall" else f"/{clock}"),
         "splitbench_version": __version__,

@@ -64,6 +64,40 @@ def test_duplicates_keep_newest(synthetic_runs):
     assert len(df) == 8 and df[(df.codec == "tiny") & (df.mbps == 10)].accuracy.item() == 0.81
 
 
+def test_one_report_per_data_and_model(synthetic_runs, tmp_path):
+    """Runs of other data or models get their own table and figures; nothing is merged across them."""
+    other = synthetic_row("jpeg", "q=10", 9000, float("nan"), 10, 30.0)
+    other.update(data="photos", model="tf_efficientnet_lite0", agreement=0.7)
+    write_results([other], synthetic_runs / "photos")
+    limited = synthetic_row("jpeg", "q=10", 310, 0.86, 10, 1.5)
+    limited.update(n=10, data_options='{"limit": 10, "name": "fashion_mnist"}')
+    write_results([limited], synthetic_runs / "limited")
+    df, paths = make_report([synthetic_runs], tmp_path / "report")
+    assert len(df) == 10  # the limit=10 run is not de-duplicated into the full one
+    fm, ph = tmp_path / "report" / "fashion_mnist__vit_fmnist", tmp_path / "report" / "photos__tf_efficientnet_lite0"
+    assert (fm / "rate_accuracy.png").exists() and (ph / "decision_map.png").exists()
+    assert "photos" not in (fm / "results.md").read_text()
+    photos_md = (ph / "results.md").read_text()
+    assert "| data" in photos_md and "n/a" in photos_md and "nan" not in photos_md
+    assert len(pd.read_csv(tmp_path / "report" / "results.csv")) == 10
+
+
+def test_decision_map_labels_fit_their_cells():
+    names = ["frankensplit_hyperprior_split3_finetuned", "jpeg_abbrev", "patchsel_rollout_delta0.97", "none"]
+    table = pd.DataFrame({mbps: names for mbps in (0.1, 1.0, 10.0, 100.0)}, index=[0.8, 0.85, 0.88, 0.9])
+    from splitbench.report import draw_decision_map
+
+    fig = draw_decision_map(table, "accuracy", "fashion_mnist / vit_fmnist")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    (x0, y0), (x1, y1) = ax.transData.transform([(0, 0), (1, 1)])  # one cell, in pixels
+    assert len(ax.texts) == 16
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert box.width < abs(x1 - x0) and box.height < abs(y1 - y0), text.get_text()
+
+
 def test_report_cli_error_on_empty_dir(tmp_path):
     proc = run_cli(str(tmp_path), module="splitbench.report")
     assert proc.returncode == 2 and "no results.csv under" in proc.stderr
