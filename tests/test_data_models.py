@@ -65,3 +65,17 @@ def test_unknown_model_name():
 
     with pytest.raises(ConfigError, match="unknown model 'vit_nosuch'"):
         build_model({"name": "vit_nosuch"})
+
+
+def test_timm_without_hub_fails_in_seconds(monkeypatch):
+    """Offline, model=timm with hub weights is a one-line CheckpointError at once, not ~50 s of retries."""
+    import time
+
+    from splitbench import CheckpointError
+    from splitbench.models import build_model, hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.PROBE_TIMEOUT_S: False)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="model.checkpoint=PATH") as err:
+        build_model({"name": "resnet18", "pretrained": True, "checkpoint": None})
+    assert time.perf_counter() - start < 20 and "\n" not in str(err.value)

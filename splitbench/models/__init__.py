@@ -6,6 +6,7 @@ uint8 images. Registered names build this project's models (``vit_fmnist``, the 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..registry import Registry
 from .checkpoints import load_shipped, load_user_checkpoint, shipped_sha
+from .hub import offline_unless_reachable
 
 
 class TaskModel(nn.Module):
@@ -74,11 +76,15 @@ def _timm_model(name: str, pretrained: bool = False, checkpoint: str | None = No
         raise ConfigError(f"unknown model {name!r}: not a splitbench model ({', '.join(MODELS.names())}) "
                           f"nor a timm model (see timm.list_models())")
     kwargs = {"num_classes": num_classes} if num_classes else {}
-    try:
-        net = timm.create_model(name, pretrained=pretrained and checkpoint is None, **kwargs)
-    except Exception as err:
-        raise CheckpointError(f"timm could not create {name!r} with pretrained weights ({err}); without hub "
-                              f"access pass model.checkpoint=PATH") from None
+    from_hub = bool(pretrained) and checkpoint is None
+    with (offline_unless_reachable() if from_hub else contextlib.nullcontext(True)) as reachable:
+        try:
+            net = timm.create_model(name, pretrained=from_hub, **kwargs)
+        except Exception as err:
+            why = "the model hub is unreachable and they are not in the local cache" if not reachable else \
+                str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"timm model {name!r} needs pretrained weights: {why}; pass "
+                                  f"model.checkpoint=PATH (a state dict) or model.pretrained=false") from None
     fingerprint = f"timm:{name}:pretrained={pretrained}"
     if checkpoint is not None:
         state = load_user_checkpoint(checkpoint)
