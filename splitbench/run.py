@@ -21,7 +21,7 @@ from . import __version__
 from .channel import link_from_config
 from .codecs import create_codec
 from .compute import profile_from_config
-from .data import build_dataset
+from .data import build_dataset, check_fits, dataset_identity
 from .errors import ConfigError
 from .latency import price
 from .measure import RecordStore, measured_records
@@ -46,10 +46,14 @@ def load_task_model(model_cfg: dict[str, Any]) -> TaskModel:
     return _MODELS[key]
 
 
-def load_dataset(data_cfg: dict[str, Any]) -> Any:
-    key = _key(data_cfg)
+def load_dataset(data_cfg: dict[str, Any], task: TaskModel | None = None) -> Any:
+    """Built once per (data config, task model); checked against the model's input before use."""
+    key = _key([data_cfg, task.name if task else None, task.input_size if task else None])
     if key not in _DATASETS:
-        _DATASETS[key] = build_dataset(data_cfg)
+        dataset = build_dataset(data_cfg, model=task)
+        if task is not None:
+            check_fits(dataset, data_cfg["name"], task)
+        _DATASETS[key] = dataset
     return _DATASETS[key]
 
 
@@ -84,7 +88,8 @@ def execute(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
 
     task = load_task_model(model_cfg)
-    dataset = load_dataset(data_cfg)
+    dataset = load_dataset(data_cfg, task)
+    data_cfg = {**data_cfg, **dataset_identity(dataset)}  # the record cache sees a changed folder
     store = _STORES.setdefault(bool(cfg.measure.cache), RecordStore(enabled=bool(cfg.measure.cache)))
     bs, progress = int(cfg.measure.batch_size), bool(cfg.measure.progress)
     clock = str(cfg.measure.get("clock", "wall"))

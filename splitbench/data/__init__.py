@@ -5,11 +5,12 @@ camera would deliver and the raw payload is the real pixel buffer.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from torch.utils.data import Dataset, Subset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..registry import Registry
 
 DATASETS: Registry[Dataset] = Registry("dataset")
@@ -19,18 +20,22 @@ def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[.
     return DATASETS.register(name)
 
 
-def build_dataset(cfg: Any, split: str | None = None) -> Dataset:
+def build_dataset(cfg: Any, split: str | None = None, model: Any = None) -> Dataset:
     """Build the dataset named by ``cfg.name`` with the rest of ``cfg`` as options.
 
     ``split`` overrides ``cfg.split`` (training uses ``train``). ``cfg.limit`` keeps the first N
-    samples, deterministically.
+    samples, deterministically. ``model`` (the task model) is handed to datasets that take it, so
+    they can follow its input size, channels, preprocessing and class names.
     """
     from . import fashion_mnist, imagefolder, photos  # noqa: F401  (register)
 
     options = {k: v for k, v in dict(cfg).items() if k not in ("name", "limit")}
     if split is not None:
         options["split"] = split
-    dataset = DATASETS.get(cfg["name"])(**options)
+    factory = DATASETS.get(cfg["name"])
+    if model is not None and "model" in inspect.signature(factory).parameters:
+        options["model"] = model
+    dataset = factory(**options)
     limit = cfg.get("limit")
     if limit is not None:
         if not isinstance(limit, int) or limit <= 0:
@@ -39,6 +44,26 @@ def build_dataset(cfg: Any, split: str | None = None) -> Dataset:
     return dataset
 
 
+def _base(dataset: Dataset) -> Dataset:
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
+
+
 def dataset_classes(dataset: Dataset) -> list[str] | None:
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    return getattr(base, "classes", None)
+    return getattr(_base(dataset), "classes", None)
+
+
+def dataset_identity(dataset: Dataset) -> dict[str, Any]:
+    """What identifies the samples beyond the config (an image folder's contents), for cache keys."""
+    fingerprint = getattr(_base(dataset), "fingerprint", None)
+    return {"contents": fingerprint} if fingerprint else {}
+
+
+def check_fits(dataset: Dataset, data_name: str, model: Any) -> None:
+    """One line, before any codec runs, when the data's images are not what the model takes."""
+    if len(dataset) == 0:
+        raise DataError(f"data {data_name!r} has no samples (check data.root and data.limit)")
+    image = dataset[0][0]
+    if tuple(image.shape) != tuple(model.input_size):
+        got, want = "x".join(map(str, image.shape)), "x".join(map(str, model.input_size))
+        raise DataError(f"data {data_name!r} gives {got} images (CxHxW) but model {model.name!r} takes {want}; "
+                        f"pick a matching model, or set data.crop / data.channels (image folders)")

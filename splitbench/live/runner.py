@@ -192,6 +192,7 @@ def execute_live(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str,
     from .. import run as runner
     from ..latency import price
     from ..measure import measured_records
+from ..data import dataset_identity
     from ..compute import profile_from_config
 
     live = live_options(cfg)
@@ -215,7 +216,8 @@ def execute_live(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str,
         with _session(ep, live, codec, task):  # fail fast: server reachable, codec and model agree
             pass
         rows = runner.execute(as_model, None)  # measured records priced by the latency model
-        dataset = runner.load_dataset(data_cfg)
+        dataset = runner.load_dataset(data_cfg, task)
+        data_cfg = {**data_cfg, **dataset_identity(dataset)}  # the key execute() used
         store = runner._STORES.get(bool(cfg.measure.cache))
         records, _, _ = measured_records(create_codec(name, **options), task, dataset, data_cfg,
                                          int(cfg.measure.batch_size), store, progress=False,

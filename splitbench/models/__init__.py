@@ -22,15 +22,27 @@ class TaskModel(nn.Module):
     """A classifier that takes uint8 (or [0,1] float) images and returns logits."""
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], *, name: str,
-                 input_size: tuple[int, int, int], num_classes: int, fingerprint: str = "") -> None:
+                 input_size: tuple[int, int, int], num_classes: int, fingerprint: str = "",
+                 class_names: Sequence[str] | None = None, crop_pct: float = 1.0,
+                 interpolation: str = "bicubic") -> None:
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.name = name
-        self.input_size = input_size
+        self.input_size = tuple(int(v) for v in input_size)
         self.num_classes = num_classes
         self.fingerprint = fingerprint  # checkpoint hash, part of every record cache key
+        # What a labelled folder is scored against: class i is named class_names[i] (ImageNet-1k
+        # models: WordNet synsets such as n01440764). crop_pct/interpolation: the preprocessing the
+        # weights expect (timm's pretrained config), used by image folders.
+        if class_names is None and num_classes == 1000:
+            from timm.data import ImageNetInfo
+
+            class_names = ImageNetInfo().label_names()
+        self.class_names = list(class_names) if class_names is not None else None
+        self.crop_pct = float(crop_pct)
+        self.interpolation = str(interpolation)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
@@ -97,7 +109,8 @@ def _timm_model(name: str, pretrained: bool = False, checkpoint: str | None = No
     cfg = net.pretrained_cfg
     size = tuple(input_size) if input_size else tuple(cfg.get("input_size", (3, 224, 224)))
     return TaskModel(net, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)),
-                     name=name, input_size=size, num_classes=net.num_classes, fingerprint=fingerprint)
+                     name=name, input_size=size, num_classes=net.num_classes, fingerprint=fingerprint,
+                     crop_pct=cfg.get("crop_pct", 0.875), interpolation=cfg.get("interpolation", "bicubic"))
 
 
 def load_weights(net: nn.Module, shipped: str, checkpoint: str | None) -> str:

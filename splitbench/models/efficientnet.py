@@ -59,4 +59,5 @@ def efficientnet_lite0(checkpoint: str | None = None, pretrained: bool = True) -
         fingerprint = sha256_file(__import__("pathlib").Path(path))
     cfg = net.pretrained_cfg
     return TaskModel(net, cfg["mean"], cfg["std"], name="tf_efficientnet_lite0", input_size=(3, 224, 224),
-                     num_classes=net.num_classes, fingerprint=fingerprint)
+                     num_classes=net.num_classes, fingerprint=fingerprint,
+                     crop_pct=cfg.get("crop_pct", 0.875), interpolation=cfg.get("interpolation", "bicubic"))

@@ -18,6 +18,8 @@ from .checkpoints import load_manifest
 
 FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
+FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot")  # torchvision FashionMNIST.classes: what these models were trained on
 DEFAULT_ARCH = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6,
                     num_heads=3, mlp_ratio=2.0)
 
@@ -37,8 +39,10 @@ def build_vit(shipped: str, arch: dict[str, Any] | None, checkpoint: str | None,
             raise CheckpointError(f"model.arch {arch} differs from the arch the shipped {shipped!r} "
                                   f"checkpoint was trained with {entry['arch']}")
         fingerprint = load_weights(net, shipped, checkpoint)
+    classes = FMNIST_CLASSES if arch["num_classes"] == len(FMNIST_CLASSES) else None
     return TaskModel(net, mean, std, name=shipped, input_size=(arch["in_chans"], arch["img_size"],
-                     arch["img_size"]), num_classes=arch["num_classes"], fingerprint=fingerprint)
+                     arch["img_size"]), num_classes=arch["num_classes"], fingerprint=fingerprint,
+                     class_names=classes)
 
 
 @register_model("vit_fmnist")
