@@ -178,9 +178,9 @@ def _run(args: argparse.Namespace, options: dict[str, Any], model_cfg: dict[str,
         f"Command: `python -m splitbench.live.load --clients {args.clients} --requests {args.requests} "
         f"--rounds {args.rounds} --codec {args.codec}`  ",
         f"Server: {'spawned on 127.0.0.1 (unshaped loopback)' if server else f'{host}:{port}'}, model "
-        f"{task.name}, one compute thread; payloads: {args.codec}{' ' + json.dumps(options) if options else ''}, mean "
+        f"{task.name}, compute in the server's worker processes; payloads: {args.codec}{' ' + json.dumps(options) if options else ''}, mean "
         f"{df['bytes_mean'].iloc[0]:.0f} bytes.  ",
-        f"Errors: {int(df['errors'].sum())}, wrong answers: {int(df['wrong_answers'].sum())}; server RSS after "
+        f"Errors: {int(df['errors'].sum())}, wrong answers: {int(df['wrong_answers'].sum())}; server + workers RSS after "
         f"warm-up {df['server_rss_before_mb'].iloc[0]:.1f} MB, growth from round 1 to round {len(df)}: "
         f"{growth:+.1f} MB.", "",
         df[cols].apply(lambda c: c.map(lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)))

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import socket
 import threading
 import time
@@ -48,6 +49,7 @@ log = logging.getLogger("splitbench.live.server")
 OPEN_KEYS = {"codec", "options", "model", "model_fingerprint", "rtt_ms"}
 READ_CHUNK = 1 << 20
 DRAIN_CHUNK = 1 << 16
+_OBJECT_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<_io.BytesIO object at 0x7f..>" in library messages
 
 
 @dataclass
@@ -353,6 +355,7 @@ class EdgeServer:
 
     async def _error(self, writer: asyncio.StreamWriter, message: str, *, closing: bool = False,
                      sample_id: int = 0, codec_id: int = 0) -> None:
+        message = _OBJECT_ADDRESS.sub("", message)  # error texts never carry an address
         frame = pack_frame(FrameType.ERROR, message.encode("utf-8", "replace")[:4096], sample_id=sample_id,
                            codec_id=codec_id, flags=FLAG_CLOSING if closing else 0)
         with contextlib.suppress(Exception):
