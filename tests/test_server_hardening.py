@@ -33,6 +33,8 @@ def test_json_depth_is_checked_without_recursion():
         parse_json(deep, "OPEN")
     tricky = b'{"codec": "a[[[[\\"[{", "options": {"x": "\\\\"}}'  # brackets inside strings do not count
     assert parse_json(tricky, "OPEN")["codec"] == 'a[[[["[{'
+    with pytest.raises(ProtocolError, match="not UTF-8 JSON"):
+        parse_json(b'{"codec": "jpeg", "options": {"quality": 1' + b"0" * 5000 + b"}}", "OPEN")
     with pytest.raises(ProtocolError, match="exceeds the maximum of 65536"):
         parse_json(b" " * 70_000, "OPEN")
 

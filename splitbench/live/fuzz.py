@@ -98,7 +98,7 @@ def _structural_cases(max_frame: int) -> dict[str, Case]:
             b"[1,2]", b"null", b'"jpeg"', b'{"codec": 5}', b'{"codec": "jpeg", "options": [1]}',
             b'{"codec": "jpeg", "rtt_ms": 1e308}', b'{"codec": "jpeg", "rtt_ms": -1}', b'{"pickle": 1}',
             b'{"codec": "nosuch"}', b'{"codec": "jpeg", "model": "resnet50"}',
-            b'{"codec": "' + b"x" * 5000 + b'"}']))),
+            b'{"codec": "' + b"x" * 5000 + b'"}', b'{"codec": "jpeg", "options": {"quality": 1' + b"0" * 5000 + b"}}"]))),
         "OPEN server-only options": lambda r: (b"", _open(*r.choice([
             ("frankensplit", {"arch": {"channels": [2048, 2048]}}), ("elic", {"checkpoint": "/etc/passwd"}),
             ("elic", {"N": 4096, "M": 4096}), ("bmshj2018", {"train": {"steps": 10**9}}),

@@ -172,8 +172,8 @@ def parse_json(body: bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> dict[
         raise ProtocolError(f"{what} body nests {depth} levels deep; at most {max_depth} are allowed")
     try:
         obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(f"{what} body is not UTF-8 JSON: {err}") from None
+    except ValueError as err:  # not UTF-8, not JSON, or an integer past Python's digit limit
+        raise ProtocolError(f"{what} body is not UTF-8 JSON: {str(err)[:200]}") from None
     except RecursionError:  # unreachable after the depth check; kept so no input can escape as a crash
         raise ProtocolError(f"{what} body nests too deep") from None
     if not isinstance(obj, dict):
