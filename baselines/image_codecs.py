@@ -76,6 +76,7 @@ def _check_int(codec: str, key: str, value: int, low: int, high: int) -> int:
 @register_codec("jpeg")
 class JpegCodec(PillowCodec):
     """Baseline JPEG (libjpeg via Pillow), 4:2:0 for colour, standard Huffman tables."""
+    client_options = frozenset({"quality", "abbreviated"})
 
     format = "JPEG"
 
@@ -113,6 +114,7 @@ class JpegCodec(PillowCodec):
 
 @register_codec("webp")
 class WebpCodec(PillowCodec):
+    client_options = frozenset({"quality", "lossless", "method"})
     format = "WEBP"
 
     def __init__(self, quality: int = 75, lossless: bool = False, method: int = 4) -> None:
@@ -133,6 +135,7 @@ class WebpCodec(PillowCodec):
 @register_codec("png")
 class PngCodec(PillowCodec):
     """Lossless; ``compress_level`` (0-9) trades encode time for bytes. PNG has no quality knob."""
+    client_options = frozenset({"compress_level"})
 
     format = "PNG"
 

@@ -5,9 +5,11 @@
     python -m splitbench.serve --model none                 # SINK-only (link validation)
 
 Host and port default to the server profile (conf/server/<profile>.yaml, ``host``/``port``); the
-model to conf/model/<name>.yaml. Clients open codec sessions by name; the server builds each codec
-on first use with the options the client sends, validated like a config. Ready when it prints
-``listening on HOST:PORT`` (port 0 picks a free one). Ctrl-C / SIGTERM stop it.
+model to conf/model/<name>.yaml. Clients open codec sessions by name; compute workers (``--workers``,
+each loading the model once) build each codec on first use with the options the client may set
+(splitbench.live.options) and decode under a deadline (``--decode-timeout``): a stuck decoder's
+worker is killed and replaced. Ready when it prints ``listening on HOST:PORT`` (port 0 picks a free
+one). Ctrl-C / SIGTERM stop it within seconds, killing the workers.
 """
 from __future__ import annotations
 
@@ -64,11 +66,24 @@ def parser() -> argparse.ArgumentParser:
                    help="task model: a conf/model name or a timm name; 'none' for a SINK-only server")
     p.add_argument("--checkpoint", help="model weights (default: the shipped checkpoint)")
     p.add_argument("--model-json", help="the whole model config as JSON (what mode=live passes)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads for decoding + the server model")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (decoding + the server model)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="compute worker processes (each loads the model; one stuck sample stalls only one)")
+    p.add_argument("--decode-timeout", type=float, default=5.0,
+                   help="seconds one sample may take to decode + run; past it the worker is killed and replaced")
+    p.add_argument("--build-timeout", type=float, default=60.0, help="seconds building a codec may take")
+    p.add_argument("--worker-max-rss-mb", type=int, default=4096,
+                   help="a worker above this RSS after a request is replaced")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE in every worker (registers extra codecs); repeatable")
     p.add_argument("--max-frame-bytes", type=int, default=16 * 1024 * 1024)
     p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a started frame may stall")
-    p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds a connection may sit idle")
+    p.add_argument("--idle-timeout", type=float, default=300.0,
+                   help="seconds a connection with an open codec session may sit idle")
+    p.add_argument("--open-timeout", type=float, default=10.0,
+                   help="seconds a connection without a codec session may stay silent")
     p.add_argument("--max-clients", type=int, default=64)
+    p.add_argument("--max-per-client", type=int, default=16, help="connections at once from one address")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -80,12 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     profile = _profile(args.profile)
     host = args.host or profile.get("host", "127.0.0.1")
     port = args.port if args.port is not None else int(profile.get("port", 7878))
-    for key in ("max_frame_bytes", "max_clients", "threads"):
+    for key in ("max_frame_bytes", "max_clients", "max_per_client", "threads", "workers", "worker_max_rss_mb"):
         if getattr(args, key) < 1:
             fail(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
     if not 0 <= port <= 65535:
         fail(f"--port must be a TCP port 0-65535 (0: any free port), got {port}")
-    for key in ("read_timeout", "idle_timeout"):
+    for key in ("read_timeout", "idle_timeout", "open_timeout", "decode_timeout", "build_timeout"):
         if not getattr(args, key) > 0:
             fail(f"--{key.replace('_', '-')} must be > 0 seconds, got {getattr(args, key)}")
     model_cfg = _model_config(args.model, args.checkpoint, args.model_json)
@@ -100,22 +115,35 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def _serve(host: str, port: int, model_cfg: dict[str, Any] | None, args: argparse.Namespace) -> None:
-    import torch
-
+    from .live.pool import PoolSettings
     from .live.server import EdgeServer, ServerLimits
-    from .models import build_model
 
-    torch.set_num_threads(args.threads)
-    task = build_model(model_cfg) if model_cfg is not None else None
     limits = ServerLimits(max_frame_bytes=args.max_frame_bytes, read_timeout_s=args.read_timeout,
-                          idle_timeout_s=args.idle_timeout, max_clients=args.max_clients)
-    server = EdgeServer(task, limits)
-    bound_host, bound_port = await server.start(host, port)
+                          idle_timeout_s=args.idle_timeout, open_timeout_s=args.open_timeout,
+                          max_clients=args.max_clients, max_per_client=args.max_per_client)
+    pool = PoolSettings(size=args.workers, threads=args.threads, decode_timeout_s=args.decode_timeout,
+                        build_timeout_s=args.build_timeout, max_rss_bytes=args.worker_max_rss_mb << 20,
+                        imports=list(args.imports))
+    server = EdgeServer(model_cfg, limits, pool)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    what = f"model {task.name} ({task.fingerprint[:12]})" if task else "no model (SINK only)"
+    starting = asyncio.create_task(server.start(host, port))
+    await asyncio.wait([starting, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # stopped while the workers were still loading
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await server.aclose()
+        return
+    try:
+        bound_host, bound_port = starting.result()
+    except BaseException:
+        await server.aclose()
+        raise
+    model = server.model
+    what = f"model {model['name']} ({model['fingerprint'][:12]}), {args.workers} workers" if model \
+        else "no model (SINK only)"
     print(f"splitbench.serve: listening on {bound_host}:{bound_port} ({what}, pid {os.getpid()})", flush=True)
     serving = asyncio.create_task(server.serve_forever())
     await stop.wait()

@@ -60,10 +60,13 @@ def test_bad_headers_are_protocol_errors(raw, needle):
 
 
 # -- the server against good and hostile clients ----------------------------------------------------
+MODEL_CFG = {"name": "vit_fmnist", "checkpoint": None, "pretrained": True}
+
+
 @pytest.fixture(scope="module")
-def server(task_model):
+def server():
     limits = ServerLimits(read_timeout_s=0.5, idle_timeout_s=30, max_frame_bytes=1 << 20, max_clients=4)
-    with ServerThread(EdgeServer(task_model, limits)) as srv:
+    with ServerThread(EdgeServer(MODEL_CFG, limits)) as srv:
         yield srv
 
 

@@ -71,6 +71,7 @@ def build_arch(prior: str, split: int, arch: dict[str, Any] | None, lmbda: float
 @register_codec(NAME)
 class FrankenSplitCodec(Codec):
     """Device: tiny conv encoder + range coder. Server: token decoder + frozen ViT tail."""
+    client_options = frozenset({"lmbda", "prior", "split"})  # pick a shipped checkpoint; arch is fixed
 
     def __init__(self, lmbda: float = 0.128, prior: str = "factorized", split: int = 1,
                  checkpoint: str | None = None, arch: dict[str, Any] | None = None,

@@ -297,6 +297,7 @@ class ElicCodec(LearnedImageCodec):
     (N=192, M=320, RGB) included; the architecture is then read from the weights and these options
     are not used. ``train`` holds training knobs (``python -m splitbench.train codec=elic``).
     """
+    client_options = frozenset({"lmbda"})  # picks a shipped rate point; N/M/stages/checkpoint are fixed
 
     family = "elic"
     train_arch_keys = ("N", "M", "variant", "stages", "channels", "context")
@@ -362,6 +363,7 @@ class Bmshj2018Codec(LearnedImageCodec):
     Options as for ``elic`` (``N``, ``M``, ``stages``, ``channels``; ``checkpoint=PATH`` for any
     ScaleHyperprior state dict, e.g. compressai's zoo weights where a user has them).
     """
+    client_options = frozenset({"lmbda"})  # picks a shipped rate point; N/M/stages/checkpoint are fixed
 
     family = "bmshj2018"
     train_arch_keys = ("N", "M", "stages", "channels")

@@ -95,6 +95,9 @@ class PatchSelCodec(EdgeCodec):
     """
 
     extra_columns = ("kept_patches", "token_cost", "mask_bytes", "gate_uncertainty")
+    # the edge model stays the server's; server_weights names a shipped (manifest) checkpoint only
+    client_options = frozenset({"eta", "delta", "gate", "selection", "k", "threshold", "score", "pixels",
+                                "quality", "abbreviated", "server_weights"})
 
     def __init__(self, eta: float = 0.4, delta: float = 0.97, gate: str = "min_entropy",
                  selection: str = "cumulative", k: int = 16, threshold: float = 0.02,

@@ -66,6 +66,9 @@ class TofcCodec(Codec):
     """Split ViT + DPC-KNN token merging + selective hyperprior entropy coding."""
 
     extra_columns = ("tokens",)
+    # the options that pick a shipped checkpoint (and the device-side k); training knobs stay fixed
+    client_options = frozenset({"split", "n_clusters", "k", "entropy", "distribution", "n_experts", "lmbda",
+                                "finetune_tail", "transform"})
 
     def __init__(self, split: int = 3, n_clusters: int = 8, k: int = 5, entropy: str = "hyperprior",
                  distribution: str = "laplace", n_experts: int = 4, lmbda: float = 0.002,

@@ -57,6 +57,11 @@ class Codec(abc.ABC):
     sends_image: ClassVar[bool] = False
     #: per-sample numbers this codec adds to the records (keys of Payload.extras)
     extra_columns: ClassVar[tuple[str, ...]] = ()
+    #: options a remote client may set to any (scalar) value when it opens a session on the edge
+    #: server: the rate point and other knobs that pick among shipped weights. Every other option
+    #: (architecture, training, checkpoint paths) is the server's: a client may only restate its
+    #: default (splitbench.live.options). Default: none.
+    client_options: ClassVar[frozenset[str]] = frozenset()
 
     task: "TaskModel"
 

@@ -52,6 +52,17 @@ def _payloads(codec_name: str, options: dict[str, Any], model_cfg: dict[str, Any
     return task, [p.data for p in payloads], expected
 
 
+def _stats(host: str, port: int) -> dict[str, Any]:
+    """Server counters over a fresh connection (an idle session-less probe would hit open_timeout_s)."""
+    with LiveClient(host, port, timeout_s=30) as probe:
+        return probe.stats()
+
+
+def _server_rss(stats: dict[str, Any]) -> int:
+    """The server process plus its compute workers."""
+    return int(stats["rss_bytes"]) + int(stats.get("workers_rss_bytes", 0))
+
+
 def run_round(host: str, port: int, clients: int, requests: int, payloads: list[bytes], expected: list[int],
               open_args: dict[str, Any], timeout_s: float = 60.0) -> dict[str, Any]:
     """One round: ``clients`` threads x ``requests`` each; latency per request in ms."""
@@ -134,7 +145,8 @@ def _run(args: argparse.Namespace, options: dict[str, Any], model_cfg: dict[str,
     task, payloads, expected = _payloads(args.codec, options, model_cfg, 64)
     server = None
     if args.host is None:
-        server = SpawnedServer(spawn_argv(model_cfg, "127.0.0.1"), timeout_s=120)
+        server = SpawnedServer(spawn_argv(model_cfg, "127.0.0.1", extra=["--max-per-client", str(args.clients + 4)]),
+                               timeout_s=300)
         host, port = server.host, server.port
     else:
         host, port = args.host, args.port or 7878
@@ -142,16 +154,15 @@ def _run(args: argparse.Namespace, options: dict[str, Any], model_cfg: dict[str,
                  "model_fingerprint": task.fingerprint}
     rows = []
     try:
-        with LiveClient(host, port) as probe:
-            run_round(host, port, args.clients, 5, payloads, expected, open_args)  # warm-up
-            rss0 = probe.stats()["rss_bytes"]
-            for r in range(args.rounds):
-                row = run_round(host, port, args.clients, args.requests, payloads, expected, open_args)
-                stats = probe.stats()
-                row.update(round=r + 1, codec=args.codec, bytes_mean=float(np.mean([len(x) for x in payloads])),
-                           server_rss_before_mb=rss0 / 2**20, server_rss_after_mb=stats["rss_bytes"] / 2**20,
-                           server_connections_open=stats["connections_open"] - 1)
-                rows.append(row)
+        run_round(host, port, args.clients, 5, payloads, expected, open_args)  # warm-up
+        rss0 = _server_rss(_stats(host, port))
+        for r in range(args.rounds):
+            row = run_round(host, port, args.clients, args.requests, payloads, expected, open_args)
+            stats = _stats(host, port)
+            row.update(round=r + 1, codec=args.codec, bytes_mean=float(np.mean([len(x) for x in payloads])),
+                       server_rss_before_mb=rss0 / 2**20, server_rss_after_mb=_server_rss(stats) / 2**20,
+                       server_connections_open=stats["connections_open"] - 1)
+            rows.append(row)
     finally:
         if server is not None:
             server.stop()
@@ -167,9 +178,9 @@ def _run(args: argparse.Namespace, options: dict[str, Any], model_cfg: dict[str,
         f"Command: `python -m splitbench.live.load --clients {args.clients} --requests {args.requests} "
         f"--rounds {args.rounds} --codec {args.codec}`  ",
         f"Server: {'spawned on 127.0.0.1 (unshaped loopback)' if server else f'{host}:{port}'}, model "
-        f"{task.name}, one compute thread; payloads: {args.codec}{' ' + json.dumps(options) if options else ''}, mean "
+        f"{task.name}, compute in the server's worker processes; payloads: {args.codec}{' ' + json.dumps(options) if options else ''}, mean "
         f"{df['bytes_mean'].iloc[0]:.0f} bytes.  ",
-        f"Errors: {int(df['errors'].sum())}, wrong answers: {int(df['wrong_answers'].sum())}; server RSS after "
+        f"Errors: {int(df['errors'].sum())}, wrong answers: {int(df['wrong_answers'].sum())}; server + workers RSS after "
         f"warm-up {df['server_rss_before_mb'].iloc[0]:.1f} MB, growth from round 1 to round {len(df)}: "
         f"{growth:+.1f} MB.", "",
         df[cols].apply(lambda c: c.map(lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)))

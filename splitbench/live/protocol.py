@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import socket
 import struct
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ HEADER_SIZE = HEADER.size  # 24: conf/bandwidth/*.yaml app_header
 RESULT = struct.Struct("!iddQQ")
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 MAX_JSON_BODY = 64 * 1024
+#: deepest nesting of objects/arrays a JSON body may have (an OPEN needs 3: request, options, a list)
+MAX_JSON_DEPTH = 16
 FLAG_CLOSING = 1
 
 
@@ -127,11 +130,52 @@ def json_body(obj: dict[str, Any]) -> bytes:
     return body
 
 
-def parse_json(body: bytes, what: str) -> dict[str, Any]:
+_JSON_SPECIAL = re.compile(rb'[\[\]{}"\\]')
+
+
+def json_depth(body: bytes) -> int:
+    """Deepest bracket nesting of a JSON text, found by one linear scan (no recursion).
+
+    Why a scan before ``json.loads``: the C decoder recurses once per level, so a 64 KiB body of
+    ``[[[[...`` raises RecursionError inside the server; counting brackets outside string literals
+    bounds the depth before any parsing. Only the special characters are visited, so a body costs
+    at most one step per byte whatever it holds.
+    """
+    depth = deepest = 0
+    in_string = False
+    escaped_at = -1  # position of the character a backslash escapes
+    for m in _JSON_SPECIAL.finditer(body):
+        ch, pos = m.group(), m.start()
+        if pos == escaped_at:
+            continue
+        if in_string:
+            if ch == b"\\":
+                escaped_at = pos + 1
+            elif ch == b'"':
+                in_string = False
+        elif ch == b'"':
+            in_string = True
+        elif ch in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def parse_json(body: bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """A JSON object from a bounded body; size, depth and syntax violations are ProtocolErrors."""
+    if len(body) > MAX_JSON_BODY:
+        raise ProtocolError(f"{what} body of {len(body)} bytes exceeds the maximum of {MAX_JSON_BODY} bytes")
+    depth = json_depth(body)
+    if depth > max_depth:
+        raise ProtocolError(f"{what} body nests {depth} levels deep; at most {max_depth} are allowed")
     try:
         obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(f"{what} body is not UTF-8 JSON: {err}") from None
+    except ValueError as err:  # not UTF-8, not JSON, or an integer past Python's digit limit
+        raise ProtocolError(f"{what} body is not UTF-8 JSON: {str(err)[:200]}") from None
+    except RecursionError:  # unreachable after the depth check; kept so no input can escape as a crash
+        raise ProtocolError(f"{what} body nests too deep") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what} body must be a JSON object, got {type(obj).__name__}")
     return obj

@@ -129,10 +129,11 @@ class SpawnedServer:
                 self.proc.wait(10)
 
 
-def spawn_argv(model_cfg: dict[str, Any] | None, host: str, threads: int = 1) -> list[str]:
+def spawn_argv(model_cfg: dict[str, Any] | None, host: str, threads: int = 1,
+               extra: list[str] | None = None) -> list[str]:
     model = ["--model-json", json.dumps(model_cfg)] if model_cfg is not None else ["--model", "none"]
     return [sys.executable, "-m", "splitbench.serve", "--host", host, "--port", "0", "--threads", str(threads),
-            "--log-level", "WARNING", *model]
+            "--log-level", "WARNING", *model, *(extra or [])]
 
 
 @contextlib.contextmanager
