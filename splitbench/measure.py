@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, default_collate
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, conditions
 from .codecs import Codec
 from .errors import ConfigError, SplitbenchError
 from .models import TaskModel
@@ -32,7 +33,7 @@ from .paths import cache_dir
 
 RECORD_COLUMNS = ["index", "label", "pred", "offloaded", "bytes", "est_bits", "t_device", "t_encode",
                   "t_decode", "t_server", "flops_device", "flops_server"]
-RECORDS_FORMAT = 1  # bump when the measurement procedure changes
+RECORDS_FORMAT = 2  # bump when the measurement procedure changes
 
 
 CLOCKS = {
@@ -42,11 +43,13 @@ CLOCKS = {
 
 
 def records_key(codec: Codec, task: TaskModel, data_cfg: dict[str, Any], batch_size: int,
-                clock: str = "wall") -> str:
+                clock: str = "wall", threads: int | None = 1) -> str:
+    """Everything that changes a record. Threads change timings (not bytes or predictions), so they
+    are in the key; the number of worker processes is not (sharding is byte-identical, tested)."""
     ident = {"codec": codec.name, "options": codec.options(), "fingerprint": codec.fingerprint(),
              "model": task.name, "model_fingerprint": task.fingerprint, "data": data_cfg,
              "batch_size": batch_size, "format": RECORDS_FORMAT, "version": __version__,
-             **({"clock": clock} if clock != "wall" else {})}
+             "threads": threads, **({"clock": clock} if clock != "wall" else {})}
     blob = json.dumps(ident, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
 
@@ -63,62 +66,77 @@ def _timed(fn: Any, arg: Any, clock: Any = time.perf_counter) -> tuple[Any, floa
     return out, clock() - start
 
 
-@torch.inference_mode()
+class Measurer:
+    """One process's measuring loop: binds the codec, warms up on the dataset's first batch (which
+    also counts FLOPs, so every process reports the same FLOPs), then records any range of samples."""
+
+    def __init__(self, codec: Codec, task: TaskModel, dataset: Dataset, batch_size: int = 1,
+                 clock: str = "wall") -> None:
+        if clock not in CLOCKS:
+            raise ConfigError(f"unknown measure.clock {clock!r}; valid clocks: {', '.join(CLOCKS)}")
+        if len(dataset) == 0:
+            raise SplitbenchError("the dataset is empty (check data.limit and data.root)")
+        self.codec, self.dataset, self.batch_size, self.tick = codec, dataset, batch_size, CLOCKS[clock]
+        codec.bind(task)
+        with torch.inference_mode():
+            images, _ = self._batch(0, min(batch_size, len(dataset)))
+            feats, dev_flops = _count_flops(codec.device_forward, images)
+            payloads = codec.encode(feats)
+            sent = [p.data for p in payloads if p.offloaded]
+            srv_flops = 0.0
+            if sent:
+                _, srv_flops = _count_flops(codec.server_forward, codec.decode(sent))
+        self.dev_flops = dev_flops / len(images)
+        self.srv_flops = srv_flops / len(sent) if sent else 0.0
+
+    def _batch(self, start: int, stop: int) -> Any:
+        return default_collate([self.dataset[i] for i in range(start, stop)])
+
+    @torch.inference_mode()
+    def records(self, start: int, stop: int, on_batch: Any = None) -> list[dict[str, Any]]:
+        """Records of samples ``start..stop-1``, batched from ``start`` (a multiple of batch_size)."""
+        codec, tick, rows = self.codec, self.tick, []
+        for index in range(start, stop, self.batch_size):
+            images, labels = self._batch(index, min(index + self.batch_size, stop))
+            n = len(images)
+            feats, t_dev = _timed(codec.device_forward, images, tick)
+            payloads, t_enc = _timed(codec.encode, feats, tick)
+            if len(payloads) != n:
+                raise SplitbenchError(f"codec {codec.name} returned {len(payloads)} payloads for {n} samples")
+            off = [i for i, p in enumerate(payloads) if p.offloaded]
+            preds = [p.local_prediction for p in payloads]
+            t_dec = t_srv = 0.0
+            if off:
+                decoded, t_dec = _timed(codec.decode, [payloads[i].data for i in off], tick)
+                logits, t_srv = _timed(codec.server_forward, decoded, tick)
+                for j, i in enumerate(off):
+                    preds[i] = int(logits[j].argmax())
+            for i, p in enumerate(payloads):
+                if not p.offloaded and p.data:
+                    raise SplitbenchError(f"codec {codec.name}: a payload answered locally must send no bytes")
+                sent_here = p.offloaded
+                row = {
+                    "index": index + i, "label": int(labels[i]), "pred": int(preds[i]), "offloaded": sent_here,
+                    "bytes": len(p.data), "est_bits": float(p.estimated_bits),
+                    "t_device": t_dev / n, "t_encode": t_enc / n,
+                    "t_decode": t_dec / len(off) if sent_here else 0.0,
+                    "t_server": t_srv / len(off) if sent_here else 0.0,
+                    "flops_device": self.dev_flops, "flops_server": self.srv_flops if sent_here else 0.0,
+                }
+                row.update(p.extras)
+                rows.append(row)
+            if on_batch is not None:
+                on_batch(n)
+        return rows
+
+
 def measure(codec: Codec, task: TaskModel, dataset: Dataset, batch_size: int = 1,
             progress: bool = True, clock: str = "wall") -> pd.DataFrame:
-    """Run ``codec`` over ``dataset``; one record per sample (see RECORD_COLUMNS + codec extras)."""
-    if clock not in CLOCKS:
-        raise ConfigError(f"unknown measure.clock {clock!r}; valid clocks: {', '.join(CLOCKS)}")
-    tick = CLOCKS[clock]
-    codec.bind(task)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    if len(loader) == 0:
-        raise SplitbenchError("the dataset is empty (check data.limit and data.root)")
-
-    # Warm-up on the first batch (lazy initialisation, allocator, caches) and FLOP counting.
-    images, _ = next(iter(loader))
-    feats, dev_flops = _count_flops(codec.device_forward, images)
-    payloads = codec.encode(feats)
-    sent = [p.data for p in payloads if p.offloaded]
-    srv_flops, n_off = 0.0, len(sent)
-    if sent:
-        _, srv_flops = _count_flops(codec.server_forward, codec.decode(sent))
-    dev_flops_each = dev_flops / len(images)
-    srv_flops_each = srv_flops / n_off if n_off else 0.0
-
-    rows: list[dict[str, Any]] = []
-    index = 0
-    bar = tqdm(loader, desc=f"measure {codec.name} {codec.rate_point()}".strip(), unit="batch",
+    """Run ``codec`` over ``dataset`` in this process; one record per sample (RECORD_COLUMNS + extras)."""
+    measurer = Measurer(codec, task, dataset, batch_size, clock)
+    bar = tqdm(total=len(dataset), desc=f"measure {codec.name} {codec.rate_point()}".strip(), unit="img",
                disable=not progress, dynamic_ncols=True, leave=False)
-    for images, labels in bar:
-        n = len(images)
-        feats, t_dev = _timed(codec.device_forward, images, tick)
-        payloads, t_enc = _timed(codec.encode, feats, tick)
-        if len(payloads) != n:
-            raise SplitbenchError(f"codec {codec.name} returned {len(payloads)} payloads for {n} samples")
-        off = [i for i, p in enumerate(payloads) if p.offloaded]
-        preds = [p.local_prediction for p in payloads]
-        t_dec = t_srv = 0.0
-        if off:
-            decoded, t_dec = _timed(codec.decode, [payloads[i].data for i in off], tick)
-            logits, t_srv = _timed(codec.server_forward, decoded, tick)
-            for j, i in enumerate(off):
-                preds[i] = int(logits[j].argmax())
-        for i, p in enumerate(payloads):
-            if not p.offloaded and p.data:
-                raise SplitbenchError(f"codec {codec.name}: a payload answered locally must send no bytes")
-            sent_here = p.offloaded
-            row = {
-                "index": index + i, "label": int(labels[i]), "pred": int(preds[i]), "offloaded": sent_here,
-                "bytes": len(p.data), "est_bits": float(p.estimated_bits),
-                "t_device": t_dev / n, "t_encode": t_enc / n,
-                "t_decode": t_dec / len(off) if sent_here else 0.0,
-                "t_server": t_srv / len(off) if sent_here else 0.0,
-                "flops_device": dev_flops_each, "flops_server": srv_flops_each if sent_here else 0.0,
-            }
-            row.update(p.extras)
-            rows.append(row)
-        index += n
+    rows = measurer.records(0, len(dataset), bar.update)
     bar.close()
     return pd.DataFrame(rows)
 
@@ -135,51 +153,136 @@ def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
             os.unlink(tmp)
 
 
+def _write_json_atomic(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
 class RecordStore:
-    """Measured records, in memory for this process and on disk across processes."""
+    """Measured records, in memory for this process and on disk across processes.
+
+    Each entry is ``<key>.csv`` (the records) plus ``<key>.json`` (the conditions they were timed
+    under, written first, so a CSV always has its conditions). Timings flagged ``contended`` are
+    kept (bytes and predictions do not depend on load) but not trusted for long: ``get`` treats
+    them as missing whenever the host is quiet enough to measure them properly again.
+    """
 
     def __init__(self, directory: Path | None = None, enabled: bool = True) -> None:
         self.directory = Path(directory) if directory else cache_dir() / "records"
         self.enabled = enabled
-        self.memory: dict[str, pd.DataFrame] = {}
+        self.memory: dict[str, tuple[pd.DataFrame, dict[str, Any]]] = {}
 
-    def get(self, key: str) -> pd.DataFrame | None:
+    def get(self, key: str, quiet: Any = None) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+        """(records, conditions), or None. ``quiet()``: whether a contended entry may be re-measured now."""
         if not self.enabled:
             return None
-        if key in self.memory:
-            return self.memory[key]
-        path = self.directory / f"{key}.csv"
-        if path.exists():
+        entry = self.memory.get(key)
+        if entry is None:
+            path = self.directory / f"{key}.csv"
             try:
                 df = pd.read_csv(path)
+                cond = json.loads(path.with_suffix(".json").read_text())
             except Exception:
-                return None  # a damaged cache entry is re-measured, never trusted
-            if set(RECORD_COLUMNS) <= set(df.columns):
-                self.memory[key] = df
-                return df
-        return None
+                return None  # missing or damaged: re-measured, never trusted
+            if not set(RECORD_COLUMNS) <= set(df.columns):
+                return None
+            entry = (df, cond)
+        if entry[1].get("contended") and quiet is not None and quiet():
+            return None
+        self.memory[key] = entry
+        return entry
 
-    def put(self, key: str, df: pd.DataFrame) -> None:
-        self.memory[key] = df
+    def conditions(self, key: str) -> dict[str, Any]:
+        """The measuring conditions of an entry this process has read or written ({} if none)."""
+        entry = self.memory.get(key)
+        return dict(entry[1]) if entry else {}
+
+    def put(self, key: str, df: pd.DataFrame, conditions: dict[str, Any]) -> None:
+        self.memory[key] = (df, conditions)
         if self.enabled:
+            _write_json_atomic(conditions, self.directory / f"{key}.json")
             _write_csv_atomic(df, self.directory / f"{key}.csv")
 
 
 STORE = RecordStore()
 
 
+def resolve_workers(workers: int | str | None, n_samples: int, threads: int | None) -> int:
+    """``measure.workers``: a positive number, or ``auto``/null (one per free core; 1 for small runs)."""
+    if workers in (None, "auto"):
+        return conditions.auto_workers(n_samples, threads)
+    try:
+        value = int(workers)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1:
+        raise ConfigError(f"measure.workers must be a positive number or auto, got {workers!r}")
+    return max(1, min(value, n_samples))
+
+
 def measured_records(codec: Codec, task: TaskModel, dataset: Dataset, data_cfg: dict[str, Any],
-                     batch_size: int = 1, store: RecordStore | None = None,
-                     progress: bool = True, clock: str = "wall") -> tuple[pd.DataFrame, str, bool]:
-    """Records from the cache or a fresh measurement. Returns (records, key, was_cached)."""
+                     batch_size: int = 1, store: RecordStore | None = None, progress: bool = True,
+                     clock: str = "wall", threads: int | None = None, workers: int | str | None = 1,
+                     model_cfg: dict[str, Any] | None = None) -> tuple[pd.DataFrame, str, bool]:
+    """Records from the cache or a fresh measurement: (records, key, was_cached); their measuring
+    conditions are ``store.conditions(key)``.
+
+    ``threads``: torch intra-op threads of each measuring process (None: as set now). ``workers`` > 1
+    shards the samples across processes (splitbench.shard); that needs ``model_cfg`` and a
+    registered codec, so the workers can rebuild the same objects.
+    """
     store = store or STORE
-    key = records_key(codec, task, data_cfg, batch_size, clock)
-    cached = store.get(key)
+    threads = int(threads or torch.get_num_threads())
+    key = records_key(codec, task, data_cfg, batch_size, clock, threads)
+    n = len(dataset)
+    nproc = resolve_workers(workers, n, threads) if model_cfg is not None else 1
+    cached = store.get(key, quiet=lambda: conditions.host_is_quiet(threads, nproc))
     if cached is not None:
         codec.bind(task)
-        return cached, key, True
-    df = measure(codec, task, dataset, batch_size=batch_size, progress=progress, clock=clock)
-    store.put(key, df)
+        return cached[0], key, True
+
+    cond = conditions.begin(threads, clock, nproc)
+    sampler = conditions.Sampler()
+    bar = tqdm(total=n, desc=f"measure {codec.name} {codec.rate_point()}".strip(), unit="img",
+               disable=not progress, dynamic_ncols=True, leave=False)
+    seen = [0]
+    own = [1]
+
+    def on_batch(k: int) -> None:
+        seen[0] += k
+        if seen[0] >= 64:
+            seen[0] = 0
+            sampler.sample(own[0])
+
+    try:
+        if nproc == 1:
+            measurer = Measurer(codec, task, dataset, batch_size, clock)
+            sampler.sample(1)
+            df = pd.DataFrame(measurer.records(0, n, lambda k: (bar.update(k), on_batch(k))))
+        else:
+            from . import shard
+
+            pool = shard.pool_for(model_cfg, data_cfg, nproc, threads, clock, batch_size)
+            own[0] = 1 + pool.alive()
+            measurer = Measurer(codec, task, dataset, batch_size, clock)
+            sampler.sample(own[0])
+            try:
+                df = pool.run(codec.name, codec.options(), key, shard.chunks_for(n, nproc, batch_size),
+                              lambda a, b: pd.DataFrame(measurer.records(a, b, on_batch)), bar.update)
+            except BaseException:
+                shard.discard(pool)
+                raise
+    finally:
+        bar.close()
+    sampler.sample(own[0])
+    cond = conditions.end(cond, sampler)
+    if cond["contended"]:
+        print(f"splitbench: warning: {codec.name} timings measured on a busy host ({cond['demand_per_core']} "
+              f"runnable tasks per core); flagged contended, re-measured on a later quiet run", file=sys.stderr)
+    store.put(key, df, cond)
     return df, key, False
 
 

@@ -64,10 +64,36 @@ def _codec_options(codec_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return codec_cfg["name"], options
 
 
+def _workers_setting(cfg: DictConfig) -> int | str:
+    """measure.workers; ``auto`` means 1 under the joblib launcher, whose jobs already fill the cores."""
+    workers = cfg.measure.get("workers", "auto")
+    if workers in (None, "auto"):
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            if HydraConfig.initialized() and "joblib" in str(HydraConfig.get().launcher.get("_target_", "")):
+                return 1
+        except Exception:
+            pass
+        return "auto"
+    return workers
+
+
+def _timing_columns(cond: dict[str, Any]) -> dict[str, Any]:
+    """The conditions the row's stage times were measured under (see splitbench.conditions)."""
+    return {"timing_contended": bool(cond.get("contended", False)), "timing_threads": cond.get("threads"),
+            "timing_workers": cond.get("workers"), "timing_cores": cond.get("cores"),
+            "timing_load": f"{cond.get('load_before')}/{cond.get('load_after')}" if cond else None,
+            "timing_cpu": cond.get("cpu")}
+
+
 def execute(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
     """Run one job; returns [codec row, reference row (if any)] and writes results.csv."""
-    if cfg.measure.threads:
-        torch.set_num_threads(int(cfg.measure.threads))
+    threads = cfg.measure.get("threads", 1)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"measure.threads must be a positive number or null, got {threads!r}")
+    if threads:
+        torch.set_num_threads(int(threads))
     if cfg.mode == "live":  # the same row, plus latency measured over a real link (splitbench.live)
         from .live.runner import execute_live
 
@@ -96,14 +122,17 @@ def execute(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]
     if bs < 1:
         raise ConfigError(f"measure.batch_size must be >= 1, got {bs}")
 
-    reference = ref_codec = None
+    workers = _workers_setting(cfg)
+    how = dict(clock=clock, threads=threads, workers=workers, model_cfg=model_cfg)
+
+    reference = ref_codec = ref_key = None
     if cfg.measure.reference:
         ref_codec = create_codec(cfg.measure.reference)
-        reference, _, _ = measured_records(ref_codec, task, dataset, data_cfg, bs, store, progress, clock)
+        reference, ref_key, _ = measured_records(ref_codec, task, dataset, data_cfg, bs, store, progress, **how)
     if ref_codec is not None and ref_codec.name == codec.name and ref_codec.options() == codec.options():
-        records, key = reference, None
+        records, key = reference, ref_key
     else:
-        records, key, _ = measured_records(codec, task, dataset, data_cfg, bs, store, progress, clock)
+        records, key, _ = measured_records(codec, task, dataset, data_cfg, bs, store, progress, **how)
 
     c, h, w = task.input_size
     common = {
@@ -118,12 +147,12 @@ def execute(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]
         metrics = summarize(recs, price(recs, link, device, server), reference=reference, pixels=h * w,
                             extra_columns=the_codec.extra_columns)
         return {"codec": the_codec.name, "series": the_codec.series(), "rate_point": the_codec.rate_point(),
-                **common, **metrics,
+                **common, **metrics, **_timing_columns(store.conditions(rec_key) if rec_key else {}),
                 "codec_options": json.dumps(the_codec.options(), sort_keys=True), "records_key": rec_key}
 
     rows = [row_for(codec, records, key)]
     if reference is not None and ref_codec is not None and records is not reference:
-        rows.append(row_for(ref_codec, reference, None))
+        rows.append(row_for(ref_codec, reference, ref_key))
     if run_dir is not None:
         write_results(rows[:1], run_dir)
     return rows

@@ -28,7 +28,12 @@ from splitbench.errors import PayloadError
 
 @dataclass(frozen=True)
 class CdfTable:
-    """An entropy model's quantised CDFs as the rANS coder wants them (cached lists)."""
+    """An entropy model's quantised CDFs as the rANS coder wants them (cached lists).
+
+    Each row is trimmed to its length: compressai pads every CDF to the longest (3133 entries for
+    the Gaussian scale table, ~426 used on average) and pybind copies every entry it is handed on
+    every call, while the coder only reads ``cdf[:length]``, so the coded bytes are unchanged.
+    """
 
     cdfs: list[list[int]]
     lengths: list[int]
@@ -38,8 +43,16 @@ class CdfTable:
     def of(cls, model: EntropyModel) -> "CdfTable":
         if model._offset.numel() == 0:
             raise RuntimeError("entropy model has no CDF tables; call update(force=True) first")
-        return cls(model._quantized_cdf.tolist(), model._cdf_length.reshape(-1).int().tolist(),
-                   model._offset.reshape(-1).int().tolist())
+        lengths = model._cdf_length.reshape(-1).int().tolist()
+        rows = [row[:n] for row, n in zip(model._quantized_cdf.tolist(), lengths)]
+        return cls(rows, lengths, model._offset.reshape(-1).int().tolist())
+
+    def subset(self, indexes: torch.Tensor) -> tuple[list[int], tuple[list, list, list]]:
+        """Only the CDFs these symbols use, and each symbol's index into that subset."""
+        used, local = torch.unique(indexes.reshape(-1), return_inverse=True)
+        used = used.tolist()
+        return local.int().tolist(), ([self.cdfs[i] for i in used], [self.lengths[i] for i in used],
+                                      [self.offsets[i] for i in used])
 
 
 def scale_indexes(gc: GaussianConditional, scales: torch.Tensor) -> torch.Tensor:
@@ -70,9 +83,10 @@ class LatentCoder:
         self.encoding = streams is None
         self.batch = batch if streams is None else len(streams)
         self.estimated_bits = [0.0] * self.batch
-        self._calls: list[list[tuple[list[int], list[int], tuple[list, list, list]]]] = [[] for _ in range(self.batch)]
+        # per image, every coded (table id, symbols, CDF indexes) in stream order: the encoder codes
+        # them in one call at finish(); the decoder re-encodes them there to check the stream
+        self._calls: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = [[] for _ in range(self.batch)]
         if self.encoding:
-            self._encoders = [BufferedRansEncoder() for _ in range(self.batch)]
             return
         self.streams = [bytes(s) for s in streams]
         self._decoders = []
@@ -92,25 +106,38 @@ class LatentCoder:
             self._decoders.append(decoder)
 
     def _code(self, model: EntropyModel, symbols: torch.Tensor | None, indexes: torch.Tensor) -> torch.Tensor:
+        if self.encoding:  # coded at finish(), all of an image's symbols in one coder call
+            assert symbols is not None
+            symbols = symbols.int()
+            for b in range(self.batch):
+                self._calls[b].append((id(model), symbols[b].reshape(-1), indexes[b].reshape(-1)))
+            return symbols
         table = self.tables[id(model)]
         out = []
         for b in range(self.batch):
-            # Hand the C++ coder only the CDFs this call uses: converting a whole table (64 CDFs of
-            # up to ~3k entries for the Gaussian) to Python lists costs ~20 ms per call; the coded
-            # bytes are the same, since a symbol is coded with cdf[index] either way.
-            used, local = torch.unique(indexes[b].reshape(-1), return_inverse=True)
-            used = used.tolist()
-            sub = ([table.cdfs[i] for i in used], [table.lengths[i] for i in used],
-                   [table.offsets[i] for i in used])
-            idx = local.int().tolist()
-            if self.encoding:
-                assert symbols is not None
-                self._encoders[b].encode_with_indexes(symbols[b].reshape(-1).int().tolist(), idx, *sub)
-                continue
-            sym = self._decoders[b].decode_stream(idx, *sub)
-            self._calls[b].append((sym, idx, sub))
-            out.append(torch.tensor(sym, dtype=torch.int32).reshape(indexes.shape[1:]))
-        return symbols.int() if self.encoding else torch.stack(out)
+            idx, sub = table.subset(indexes[b])
+            sym = torch.tensor(self._decoders[b].decode_stream(idx, *sub), dtype=torch.int32)
+            self._calls[b].append((id(model), sym, indexes[b].reshape(-1)))
+            out.append(sym.reshape(indexes.shape[1:]))
+        return torch.stack(out)
+
+    def _one_call(self, b: int) -> tuple[list[int], list[int], list, list, list]:
+        """Image ``b``'s symbols, CDF indexes and the CDFs they use, as one coder call.
+
+        A buffered rANS encoder only appends symbols until the flush, so one call over the
+        concatenation codes the same bytes as one call per step, with one conversion of the
+        CDF lists instead of one per step (each CDF used by several steps is passed once).
+        """
+        calls = self._calls[b]
+        if not calls:
+            return [], [], [], [], []
+        ids = list(self.tables)
+        slot = {t: i for i, t in enumerate(ids)}
+        keys = torch.cat([idx.long() + (slot[t] << 32) for t, _, idx in calls])
+        used, local = torch.unique(keys, return_inverse=True)
+        rows = [(self.tables[ids[k >> 32]], k & 0xFFFFFFFF) for k in used.tolist()]
+        return (torch.cat([sym for _, sym, _ in calls]).tolist(), local.int().tolist(),
+                [t.cdfs[r] for t, r in rows], [t.lengths[r] for t, r in rows], [t.offsets[r] for t, r in rows])
 
     def _estimate(self, likelihood: torch.Tensor) -> None:
         bits = -torch.log2(likelihood).reshape(self.batch, -1).sum(1)
@@ -145,11 +172,15 @@ class LatentCoder:
     def finish(self) -> list[bytes]:
         """Encoder: the flushed streams. Decoder: check every stream re-encodes to itself."""
         if self.encoding:
-            return [e.flush() for e in self._encoders]
+            streams = []
+            for b in range(self.batch):
+                encoder = BufferedRansEncoder()
+                encoder.encode_with_indexes(*self._one_call(b))
+                streams.append(encoder.flush())
+            return streams
         for b, data in enumerate(self.streams):
             check = BufferedRansEncoder()
-            for sym, idx, sub in self._calls[b]:
-                check.encode_with_indexes(sym, idx, *sub)
+            check.encode_with_indexes(*self._one_call(b))
             if check.flush() != data:
                 raise PayloadError(f"{self.codec} payload {b} ({len(data)} bytes) is corrupt: the decoded "
                                    f"symbols do not re-encode to the received stream (truncated or damaged)")

@@ -1,0 +1,197 @@
+"""Parallel measurement inside one run: the dataset's chunks are shared between this process and
+worker processes, and the records are merged back in dataset order.
+
+Workers are *spawned* (a fresh interpreter: forking a process whose OpenMP pool is running can
+hang the child), each sets its torch threads, builds the task model, dataset and codec once from
+their configs, warms up on the dataset's first batch like a single process does, then pulls chunk
+numbers from a shared counter until none are left. The parent measures chunks too while workers
+start, so worker start-up (seconds) never idles a core. Chunks start at multiples of the batch
+size, so every batch, and therefore every byte, prediction and FLOP count, is the one a single
+process produces. A pool outlives one measurement (the reference and the codec of a run, the jobs
+of a basic-launcher sweep share it) and is shut down at exit. A worker's error is re-raised in the
+parent as the same one-line SplitbenchError; a dead worker is an error, never a silent gap.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import os
+import queue
+from typing import Any, Callable
+
+import pandas as pd
+
+from . import errors
+from .errors import SplitbenchError
+
+_POOLS: dict[str, "Pool"] = {}
+
+
+def chunks_for(n: int, workers: int, batch_size: int) -> list[tuple[int, int]]:
+    """~8 chunks per process (balances a late-starting worker), each a multiple of batch_size."""
+    size = max(batch_size, -(-n // (8 * workers)))
+    size = -(-size // batch_size) * batch_size
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _one_line(err: BaseException) -> tuple[str, str]:
+    name = type(err).__name__
+    return (name if isinstance(err, SplitbenchError) else "", str(err).strip().splitlines()[0] if str(err) else name)
+
+
+def _take(lock: Any, job: Any, nxt: Any, total: Any, job_id: int) -> int | None:
+    with lock:
+        if job.value != job_id or nxt.value >= total.value:
+            return None
+        nxt.value += 1
+        return nxt.value - 1
+
+
+def _worker(model_cfg: dict, data_cfg: dict, threads: int | None, clock: str, batch_size: int,
+            inbox: Any, results: Any, shared: tuple, parent: int) -> None:
+    """A worker process's life: build once, then measure chunks of each announced job."""
+    import torch
+
+    from .codecs import create_codec
+    from .measure import Measurer, records_key
+    from .run import load_dataset, load_task_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    lock, job, nxt, total = shared
+    try:
+        task, dataset = load_task_model(model_cfg), load_dataset(data_cfg)
+    except BaseException as err:  # reported on the first job
+        setup_error: tuple[str, str] | None = _one_line(err)
+    else:
+        setup_error = None
+    measurers: dict[str, Measurer] = {}
+    while True:
+        msg = inbox.get()
+        if msg is None or os.getppid() != parent:
+            return
+        job_id, name, options, key, chunks = msg
+        try:
+            if setup_error:
+                raise SplitbenchError(setup_error[1])
+            if key not in measurers:
+                codec = create_codec(name, **options)
+                if records_key(codec, task, data_cfg, batch_size, clock, threads) != key:
+                    raise SplitbenchError(f"measurement worker built a different {name} codec than the parent "
+                                          f"(options or checkpoint changed during the run)")
+                measurers[key] = Measurer(codec, task, dataset, batch_size, clock)
+            while (i := _take(lock, job, nxt, total, job_id)) is not None:
+                if os.getppid() != parent:
+                    return
+                results.put((job_id, i, pd.DataFrame(measurers[key].records(*chunks[i]))))
+        except BaseException as err:
+            results.put((job_id, -1, _one_line(err)))
+
+
+class Pool:
+    """``workers - 1`` spawned processes plus this one, for one (model, data, threads, clock, batch)."""
+
+    def __init__(self, model_cfg: dict, data_cfg: dict, workers: int, threads: int | None, clock: str,
+                 batch_size: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.lock = ctx.Lock()
+        self.job, self.nxt, self.total = ctx.Value("q", 0, lock=False), ctx.Value("q", 0, lock=False), \
+            ctx.Value("q", 0, lock=False)
+        self.results = ctx.Queue()
+        self.inboxes = [ctx.Queue() for _ in range(workers - 1)]
+        self.procs = [ctx.Process(target=_worker, daemon=True, name=f"splitbench-measure-{i + 1}",
+                                  args=(model_cfg, data_cfg, threads, clock, batch_size, inbox, self.results,
+                                        (self.lock, self.job, self.nxt, self.total), os.getpid()))
+                      for i, inbox in enumerate(self.inboxes)]
+        for p in self.procs:
+            p.start()
+        self.job_id = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.procs) + 1
+
+    def alive(self) -> int:
+        return sum(p.is_alive() for p in self.procs)
+
+    def run(self, name: str, options: dict, key: str, chunks: list[tuple[int, int]],
+            measure_chunk: Callable[[int, int], pd.DataFrame], on_chunk: Callable[[int], None]) -> pd.DataFrame:
+        """Measure every chunk (here and in the workers); the records in dataset order."""
+        with self.lock:
+            self.job_id += 1
+            self.job.value, self.nxt.value, self.total.value = self.job_id, 0, len(chunks)
+        for inbox in self.inboxes:
+            inbox.put((self.job_id, name, options, key, chunks))
+        done: dict[int, pd.DataFrame] = {}
+        while (i := _take(self.lock, self.job, self.nxt, self.total, self.job_id)) is not None:
+            done[i] = measure_chunk(*chunks[i])
+            on_chunk(chunks[i][1] - chunks[i][0])
+            self._collect(done, chunks, block=False, on_chunk=on_chunk)
+        while len(done) < len(chunks):
+            self._collect(done, chunks, block=True, on_chunk=on_chunk)
+        return pd.concat([done[i] for i in range(len(chunks))], ignore_index=True)
+
+    def _collect(self, done: dict, chunks: list, block: bool, on_chunk: Callable[[int], None]) -> None:
+        while True:
+            try:
+                job_id, i, value = self.results.get(timeout=1.0) if block else self.results.get_nowait()
+            except queue.Empty:
+                if block and self.alive() < len(self.procs):
+                    dead = [p for p in self.procs if not p.is_alive()]
+                    raise SplitbenchError(f"measurement worker {dead[0].name} died (exit code {dead[0].exitcode}); "
+                                          f"try measure.workers=1")
+                return
+            if job_id != self.job_id:
+                continue  # left over from an earlier job that failed
+            if i < 0:
+                kind, message = value
+                raise getattr(errors, kind, SplitbenchError)(message if kind else f"measurement worker: {message}")
+            done[i] = value
+            on_chunk(chunks[i][1] - chunks[i][0])
+            if block:
+                return
+
+    def close(self) -> None:
+        for inbox in self.inboxes:
+            try:
+                inbox.put(None)
+            except (OSError, ValueError):
+                pass
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+
+
+def pool_for(model_cfg: dict, data_cfg: dict, workers: int, threads: int | None, clock: str,
+             batch_size: int) -> Pool:
+    """A live pool for these settings (reused across measurements in this process)."""
+    import json
+
+    key = json.dumps([model_cfg, data_cfg, workers, threads, clock, batch_size], sort_keys=True, default=str)
+    pool = _POOLS.get(key)
+    if pool is not None and pool.alive() < len(pool.procs):
+        discard(pool)
+        pool = None
+    if pool is None:
+        pool = _POOLS[key] = Pool(model_cfg, data_cfg, workers, threads, clock, batch_size)
+    return pool
+
+
+def discard(pool: Pool) -> None:
+    """Stop a pool (after an error its workers may still be on the failed job)."""
+    for k, p in list(_POOLS.items()):
+        if p is pool:
+            del _POOLS[k]
+    for p in pool.procs:
+        p.terminate()
+    for p in pool.procs:
+        p.join()
+
+
+@atexit.register
+def _shutdown() -> None:
+    for pool in list(_POOLS.values()):
+        pool.close()
+    _POOLS.clear()
