@@ -192,8 +192,8 @@ def execute_live(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str,
     """Model-mode rows plus measured live columns; writes results.csv and live_records.csv."""
     from .. import run as runner
     from ..latency import price
+    from ..data import dataset_identity
     from ..measure import measured_records
-from ..data import dataset_identity
     from ..compute import profile_from_config
 
     live = live_options(cfg)
