@@ -60,7 +60,8 @@ def _worker(model_cfg: dict, data_cfg: dict, threads: int | None, clock: str, ba
         torch.set_num_threads(threads)
     lock, job, nxt, total = shared
     try:
-        task, dataset = load_task_model(model_cfg), load_dataset(data_cfg)
+        task = load_task_model(model_cfg)
+        dataset = load_dataset(data_cfg, task)
     except BaseException as err:  # reported on the first job
         setup_error: tuple[str, str] | None = _one_line(err)
     else:

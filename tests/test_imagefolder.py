@@ -164,3 +164,16 @@ def test_shape_is_checked_against_the_model_first(tmp_path):
 
     with pytest.raises(DataError, match=r"gives 1x28x28 images .* model 'tf_efficientnet_lite0' takes 3x224x224"):
         execute(_compose("codec=jpeg", "model=efficientnet_lite0", "data.limit=2"), tmp_path / "run")
+
+
+def test_image_folder_sharded_like_one_process(grey_folder, tmp_path):
+    """Workers build the folder with the same model-driven preprocessing and cache key as the parent."""
+    from splitbench.run import execute
+
+    one = execute(_compose("codec=png", "data=imagefolder", f"data.root={grey_folder}", "measure.workers=1",
+                           "measure.cache=false"), tmp_path / "one")
+    two = execute(_compose("codec=png", "data=imagefolder", f"data.root={grey_folder}", "measure.workers=2",
+                           "measure.cache=false"), tmp_path / "two")
+    assert one[0]["timing_workers"] == 1 and two[0]["timing_workers"] == 2
+    for a, b in zip(one, two):
+        assert (a["accuracy"], a["bytes_per_image"], a["n"]) == (b["accuracy"], b["bytes_per_image"], b["n"])

@@ -14,6 +14,7 @@ from ..errors import ConfigError, DataError
 from ..registry import Registry
 
 DATASETS: Registry[Dataset] = Registry("dataset")
+IDENTITY_KEYS = ("contents",)  # added to a data config for cache keys (dataset_identity), not options
 
 
 def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
@@ -29,7 +30,7 @@ def build_dataset(cfg: Any, split: str | None = None, model: Any = None) -> Data
     """
     from . import fashion_mnist, imagefolder, photos  # noqa: F401  (register)
 
-    options = {k: v for k, v in dict(cfg).items() if k not in ("name", "limit")}
+    options = {k: v for k, v in dict(cfg).items() if k not in ("name", "limit", *IDENTITY_KEYS)}
     if split is not None:
         options["split"] = split
     factory = DATASETS.get(cfg["name"])
