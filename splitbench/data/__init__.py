@@ -1,7 +1,8 @@
 """Datasets: each yields ``(image uint8 CxHxW tensor, label int)``; label -1 means unlabelled.
 
 Images stay uint8 until the task model normalises them, so image codecs see exactly the pixels a
-camera would deliver and the raw payload is the real pixel buffer.
+camera would deliver and the raw payload is the real pixel buffer. Datasets come from the
+``splitbench.datasets`` entry-point group (built-ins included; see splitbench.registry).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch.utils.data import Dataset, Subset
 from ..errors import ConfigError
 from ..registry import Registry
 
-DATASETS: Registry[Dataset] = Registry("dataset")
+DATASETS: Registry[Dataset] = Registry("dataset", group="splitbench.datasets")
 
 
 def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
@@ -25,8 +26,6 @@ def build_dataset(cfg: Any, split: str | None = None) -> Dataset:
     ``split`` overrides ``cfg.split`` (training uses ``train``). ``cfg.limit`` keeps the first N
     samples, deterministically.
     """
-    from . import fashion_mnist, imagefolder, photos  # noqa: F401  (register)
-
     options = {k: v for k, v in dict(cfg).items() if k not in ("name", "limit")}
     if split is not None:
         options["split"] = split
