@@ -29,9 +29,8 @@ from .codecs import Codec
 from .errors import ConfigError, SplitbenchError
 from .models import TaskModel
 from .paths import cache_dir
+from .records import RECORD_COLUMNS, finite_mean  # noqa: F401  (re-exported)
 
-RECORD_COLUMNS = ["index", "label", "pred", "offloaded", "bytes", "est_bits", "t_device", "t_encode",
-                  "t_decode", "t_server", "flops_device", "flops_server"]
 RECORDS_FORMAT = 1  # bump when the measurement procedure changes
 
 
@@ -181,9 +180,3 @@ def measured_records(codec: Codec, task: TaskModel, dataset: Dataset, data_cfg: 
     df = measure(codec, task, dataset, batch_size=batch_size, progress=progress, clock=clock)
     store.put(key, df)
     return df, key, False
-
-
-def finite_mean(values: pd.Series) -> float:
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if arr.size else math.nan
