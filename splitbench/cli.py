@@ -137,7 +137,7 @@ def _check(overrides: list[Any], composer: _Composer) -> None:
                      f"{', '.join(valid)}{extra}")
         chosen[group] = _choices(o)
     # the base configuration: first choice of each group override (top-level keys do not depend on it)
-    base_overrides = [f"{g}={v[0] if v[0] is not None else 'null'}" for g, v in chosen.items() if v]
+    base_overrides = [f"{g}={v[0]}" for g, v in chosen.items() if v and v[0] is not None]
     base = composer.compose(base_overrides)
     defaults = dict(base.hydra.runtime.choices)
     for o in checked:
