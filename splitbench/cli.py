@@ -79,14 +79,17 @@ def _choices(override: Any) -> list[str | None]:
     return [value if value is None else str(value)]
 
 
-def _names_codec_without_yaml(overrides: list[Any]) -> bool:
-    """Whether a ``codec=`` choice has no YAML (a plugin, or a typo): only then load every codec."""
+PLUGIN_GROUPS = ("codec", "data", "model")
+
+
+def _names_plugin_without_yaml(overrides: list[Any]) -> bool:
+    """Whether a codec/data/model choice has no YAML (a plugin, or a typo): only then load plugins."""
     from .paths import CONF_DIR
 
     for o in overrides:
-        if o.key_or_group == "codec" and not o.is_delete():
+        if o.key_or_group in PLUGIN_GROUPS and not o.is_delete():
             choices = _choices(o)
-            if not choices or any(c is not None and not (CONF_DIR / "codec" / f"{c}.yaml").is_file()
+            if not choices or any(c is not None and not (CONF_DIR / o.key_or_group / f"{c}.yaml").is_file()
                                   for c in choices):
                 return True
     return False
@@ -95,13 +98,13 @@ def _names_codec_without_yaml(overrides: list[Any]) -> bool:
 def guard_overrides(args: list[str], config_name: str = "config") -> None:
     """Reject unknown group choices and unknown keys with one line; leave the rest to Hydra.
 
-    When a ``codec=`` choice has no YAML it also stores the config nodes of plugin codecs
-    (splitbench.configs) for the app to compose; otherwise no codec is imported here.
+    When a ``codec=``/``data=``/``model=`` choice has no YAML it also stores the config nodes of
+    plugins (splitbench.configs) for the app to compose; otherwise no codec is imported here.
     """
     skip = any(a.split("=")[0] in _CONFIG_FLAGS for a in args) or any(a in ("--help", "-h", "--hydra-help")
                                                                        for a in args)
     overrides = None if skip else _parse(args)
-    if overrides is None or _names_codec_without_yaml(overrides):
+    if overrides is None or _names_plugin_without_yaml(overrides):
         from .configs import store_plugin_configs
 
         try:

@@ -40,6 +40,21 @@ class XorRaw(Codec):
 
     def rate_point(self):
         return f"key={self.key}"
+
+
+class Stripes(torch.utils.data.Dataset):
+    """A dataset plugin: n synthetic 28x28 grey images (striped), labelled by stripe period."""
+
+    def __init__(self, n: int = 8, split: str = "test"):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        period = 2 + i % 5
+        row = (torch.arange(28) // period % 2 * 255).to(torch.uint8)
+        return row.expand(1, 28, 28).clone(), i % 10
 '''
 
 
@@ -66,8 +81,10 @@ def _snapshot(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*") if "__pycache__" not in p.parts}
 
 
+@pytest.mark.slow
 def test_entry_point_codec_runs_without_yaml_from_any_directory(tmp_path):
-    plugin = _distribution(tmp_path / "site", "[splitbench.codecs]\nxorraw = sbplug:XorRaw\n", {"sbplug": PLUGIN})
+    plugin = _distribution(tmp_path / "site", "[splitbench.codecs]\nxorraw = sbplug:XorRaw\n\n"
+                           "[splitbench.datasets]\nstripes = sbplug:Stripes\n", {"sbplug": PLUGIN})
     work = tmp_path / "work"
     work.mkdir()
     before = _snapshot(REPO / "conf") | _snapshot(REPO / "results")
@@ -87,6 +104,13 @@ def test_entry_point_codec_runs_without_yaml_from_any_directory(tmp_path):
     assert bad.returncode == 2 and len(lines) == 1, bad.stderr
     assert lines[0] == ("splitbench: error: codec 'xorraw' has no option 'codec.kye' (did you mean 'codec.key'?); "
                         "valid options: codec.key, codec.note (prefix with + to add a new key)")
+
+    # a dataset plugin is selected the same way, its options from its keyword defaults
+    data = _run(plugin, work, "codec=xorraw", "data=stripes", "data.n=6", "measure.progress=false",
+                "hydra.run.dir=stripes_run")
+    assert data.returncode == 0, data.stderr
+    row = pd.read_csv(work / "stripes_run" / "results.csv").iloc[0]
+    assert row.data == "stripes" and row.n == 6 and row.bytes_per_image == 784
     assert _snapshot(REPO / "conf") | _snapshot(REPO / "results") == before, "the repository was touched"
 
 
