@@ -1,6 +1,11 @@
-"""Codec implementations. Importing this package registers every built-in codec."""
-from . import image_codecs, raw  # noqa: F401
-from . import patchsel  # noqa: F401  (patchsel, local)
-from . import frankensplit  # noqa: F401  (frankensplit)
-from . import tofc  # noqa: F401  (tofc)
-from . import learned_image  # noqa: F401  (elic, bmshj2018)
+"""The built-in codecs, one module or subpackage each.
+
+Importing this package (splitbench does, through its ``splitbench.codecs`` entry point) imports
+every module in it, and their ``@register_codec`` decorators register the codecs: adding a codec
+here is one module plus its ``conf/codec/<name>.yaml``.
+"""
+from importlib import import_module
+from pkgutil import iter_modules
+
+for _module in iter_modules(__path__):
+    import_module(f"{__name__}.{_module.name}")

@@ -1,4 +1,4 @@
-"""``python -m splitbench``: the Hydra runner (see conf/config.yaml)."""
+"""``python -m splitbench`` / ``splitbench``: the Hydra runner (see conf/config.yaml)."""
 from __future__ import annotations
 
 import sys
@@ -9,9 +9,10 @@ import hydra
 from omegaconf import DictConfig
 
 from .cli import guard_overrides, report_errors
+from .paths import CONF_DIR
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @report_errors
 def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig

@@ -1,24 +1,30 @@
 """Command-line guards: one-line errors for the mistakes users make most.
 
 Hydra's own messages for an unknown config option span several lines and end in a traceback hint;
-``guard_overrides`` checks group choices (``codec=nosuch``) and group keys (``codec.qualty=5``)
-before Hydra starts, and ``report_errors`` turns a :class:`SplitbenchError` raised inside a job
-into ``splitbench: error: <message>``, exit status 2, with the job's partial output removed.
+``guard_overrides`` checks every override against the configuration Hydra itself would compose
+(the YAML files plus the nodes registered for plugin codecs, see splitbench.configs) before any
+run directory exists: group choices (``codec=nosuch``), group keys (``codec.qualty=5``) and plain
+keys (``bandwith=10mbps``, ``measure.thread=1``). ``report_errors`` turns a
+:class:`SplitbenchError` raised inside a job into ``splitbench: error: <message>``, exit status 2,
+with the job's partial output removed.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from .errors import SplitbenchError
-from .paths import CONF_DIR
 
 EXIT_USAGE = 2
+
+PLURAL = {"codec": "codecs", "bandwidth": "bandwidth presets", "data": "datasets", "model": "models",
+          "device": "device profiles", "server": "server profiles"}
+#: flags that change which configuration is composed: the guard then leaves everything to Hydra
+_CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
 
 
 def fail(message: str) -> None:
@@ -26,66 +32,167 @@ def fail(message: str) -> None:
     raise SystemExit(EXIT_USAGE)
 
 
-def _groups() -> list[str]:
-    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "hydra")))
+def _did_you_mean(key: str, valid: list[str]) -> str:
+    hint = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def _keys(node: Any, prefix: str) -> list[str]:
+    return [f"{prefix}{k}" for k in node if k != "name"] if hasattr(node, "keys") else []
 
 
-def _defaults(config_name: str) -> dict[str, str]:
-    data = yaml.safe_load((CONF_DIR / f"{config_name}.yaml").read_text()) or {}
-    out = {}
-    for item in data.get("defaults", []):
-        if isinstance(item, dict):
-            for k, v in item.items():
-                out[k.split("@")[0].replace("override ", "").strip()] = v
-    return out
+class _Composer:
+    """Composes configurations the way the app will (same search path, same ConfigStore), cached."""
+
+    def __init__(self, config_name: str, loader: Any) -> None:
+        self.config_name = config_name
+        self.loader = loader
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def compose(self, overrides: list[str]) -> Any:
+        from hydra import compose
+
+        key = tuple(overrides)
+        if key not in self._cache:
+            self._cache[key] = compose(config_name=self.config_name, overrides=overrides,
+                                       return_hydra_config=True)
+        return self._cache[key]
 
 
-PLURAL = {"codec": "codecs", "bandwidth": "bandwidth presets", "data": "datasets", "model": "models",
-          "device": "device profiles", "server": "server profiles"}
+def _parse(args: list[str]) -> list[Any] | None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    plain = [a for a in args if not a.startswith("-")]
+    try:
+        return OverridesParser.create().parse_overrides(plain)
+    except HydraException:
+        return None  # a syntax error: Hydra explains it better than a guess here
+
+
+def _choices(override: Any) -> list[str | None]:
+    if override.is_discrete_sweep():
+        return list(override.sweep_string_iterator())
+    if override.is_sweep_override():
+        return []  # interval/glob sweeps: nothing to check here
+    value = override.value()
+    return [value if value is None else str(value)]
+
+
+PLUGIN_GROUPS = ("codec", "data", "model")
+
+
+def _names_plugin_without_yaml(overrides: list[Any]) -> bool:
+    """Whether a codec/data/model choice has no YAML (a plugin, or a typo): only then load plugins."""
+    from .paths import CONF_DIR
+
+    for o in overrides:
+        if o.key_or_group in PLUGIN_GROUPS and not o.is_delete():
+            choices = _choices(o)
+            if not choices or any(c is not None and not (CONF_DIR / o.key_or_group / f"{c}.yaml").is_file()
+                                  for c in choices):
+                return True
+    return False
 
 
 def guard_overrides(args: list[str], config_name: str = "config") -> None:
-    """Reject unknown group choices and unknown group keys with one line; leave the rest to Hydra."""
-    groups = _groups()
-    choices = dict(_defaults(config_name))
-    plain = [a for a in args if "=" in a and not a.startswith("-")]
-    for arg in plain:
-        key, _, value = arg.partition("=")
-        key = key.lstrip("+")
-        if key in groups:
-            if "(" in value or value in ("null", ""):  # sweep functions (range, choice...) or unset
-                continue
-            valid = _options(key)
-            for v in value.split(","):
-                if v not in valid:
-                    extra = "; or set bandwidth.mbps=X (and bandwidth.rtt_ms=Y)" if key == "bandwidth" else ""
-                    fail(f"unknown {key} {v!r}; valid {PLURAL.get(key, key + ' options')}: "
-                         f"{', '.join(valid)}{extra}")
-            choices[key] = value.split(",")
-    for arg in plain:
-        key, _, _ = arg.partition("=")
-        if key.startswith("+") or "." not in key:
-            continue
-        group, sub = key.split(".", 1)
+    """Reject unknown group choices and unknown keys with one line; leave the rest to Hydra.
+
+    When a ``codec=``/``data=``/``model=`` choice has no YAML it also stores the config nodes of
+    plugins (splitbench.configs) for the app to compose; otherwise no codec is imported here.
+    """
+    skip = any(a.split("=")[0] in _CONFIG_FLAGS for a in args) or any(a in ("--help", "-h", "--hydra-help")
+                                                                       for a in args)
+    overrides = None if skip else _parse(args)
+    if overrides is None or _names_plugin_without_yaml(overrides):
+        from .configs import store_plugin_configs
+
+        try:
+            store_plugin_configs()  # the app composes with them too (same process)
+        except SplitbenchError as err:  # e.g. a plugin that fails to import
+            fail(str(err))
+    if overrides is None:
+        return
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        _check(overrides, _Composer(config_name, loader))
+
+
+def _check(overrides: list[Any], composer: _Composer) -> None:
+    groups = [g for g in composer.loader.list_groups("") if g != "hydra"]
+    checked = [o for o in overrides if not (o.is_add() or o.is_force_add() or o.is_delete() or o.package)
+               and not o.key_or_group.startswith("hydra")]
+    chosen: dict[str, list[str | None]] = {}
+    for o in checked:
+        group = o.key_or_group
         if group not in groups:
             continue
-        selected = choices.get(group)
-        for choice in (selected if isinstance(selected, list) else [selected]):
-            if choice in (None, "null"):
-                fail(f"{key} is set but no {group} is selected; add {group}=<one of "
-                     f"{', '.join(_options(group))}>")
-            conf = yaml.safe_load((CONF_DIR / group / f"{choice}.yaml").read_text()) or {}
-            node: Any = conf
-            for part in sub.split("."):
-                if not isinstance(node, dict) or part not in node:
-                    valid = ", ".join(f"{group}.{k}" for k in sorted(conf) if k != "name")
-                    fail(f"{group} {choice!r} has no option {key!r}; valid options: {valid} "
-                         f"(prefix with + to add a new key)")
-                node = node[part]
+        valid = composer.loader.get_group_options(group)
+        for value in _choices(o):
+            if value is not None and value not in valid:
+                extra = "; or set bandwidth.mbps=X (and bandwidth.rtt_ms=Y)" if group == "bandwidth" else ""
+                fail(f"unknown {group} {value!r}; valid {PLURAL.get(group, group + ' options')}: "
+                     f"{', '.join(valid)}{extra}")
+        chosen[group] = _choices(o)
+    # the base configuration: first choice of each group override (top-level keys do not depend on it)
+    base_overrides = [f"{g}={v[0]}" for g, v in chosen.items() if v and v[0] is not None]
+    base = composer.compose(base_overrides)
+    defaults = dict(base.hydra.runtime.choices)
+    for o in checked:
+        key = o.key_or_group
+        if key in groups:
+            continue
+        head, _, rest = key.partition(".")
+        if head in groups and rest:
+            for choice in chosen.get(head, [defaults.get(head)]):
+                _check_group_key(composer, key, head, rest, choice)
+        else:
+            _check_plain_key(base, key, groups)
+    for group, choices in chosen.items():  # a plugin codec's option without a default
+        for choice in choices:
+            if choice is not None:
+                _check_missing(composer, group, choice)
+
+
+def _check_group_key(composer: _Composer, key: str, group: str, rest: str, choice: str | None) -> None:
+    if choice in (None, "null"):
+        fail(f"{key} is set but no {group} is selected; add {group}=<one of "
+             f"{', '.join(composer.loader.get_group_options(group))}>")
+    conf = composer.compose([f"{group}={choice}"])[group]
+    node: Any = conf
+    for part in rest.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            valid = _keys(conf, f"{group}.")
+            fail(f"{group} {choice!r} has no option {key!r}{_did_you_mean(key, valid)}; valid options: "
+                 f"{', '.join(sorted(valid))} (prefix with + to add a new key)")
+        node = node[part]
+
+
+def _check_plain_key(base: Any, key: str, groups: list[str]) -> None:
+    node: Any = base
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not hasattr(node, "keys") or part not in node:
+            prefix = ".".join(parts[:depth])
+            valid = sorted(_keys(node, f"{prefix}." if prefix else "") if depth else
+                           [k for k in node if k != "hydra"])
+            fail(f"unknown config key {key!r}{_did_you_mean(key, valid)}; valid keys: {', '.join(valid)} "
+                 "(prefix with + to add a new key)")
+        node = node[part]
+
+
+def _check_missing(composer: _Composer, group: str, choice: str) -> None:
+    from omegaconf import OmegaConf
+
+    conf = composer.compose([f"{group}={choice}"])[group]
+    missing = sorted(OmegaConf.missing_keys(conf)) if hasattr(conf, "keys") else []
+    if missing:
+        fail(f"{group} {choice!r} needs {', '.join(f'{group}.{m}=<value>' for m in missing)} (no default)")
 
 
 def report_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

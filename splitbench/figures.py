@@ -1,13 +1,14 @@
 """``python -m splitbench.figures``: run (or reuse) the paper sweeps, then every figure and the claims table.
 
-Each suite is a set of Hydra multirun sweeps with fixed sweep directories under
-``results/paper/<suite>/sweeps``; a finished job is skipped on the next call (results.resume), so a
+Each suite is a set of Hydra multirun sweeps, configured in ``conf/figures/<suite>.yaml``, with
+fixed sweep directories under ``results/paper/<suite>/sweeps`` (relative to the current directory); a finished job is skipped on the next call (results.resume), so a
 killed call resumes where it stopped and a second call only re-renders. Outputs (committed):
 
   results/paper/<suite>/report/...   tables and figures (splitbench.report)
   results/paper/claims.md            each paper's headline claim next to the ratio measured here
 
-Codecs that are not registered (e.g. not built yet) are skipped with a note.
+Codecs that are not registered (e.g. a plugin that is not installed) are skipped with a note. This
+module never imports a codec: it runs ``python -m splitbench`` and reads the result files.
 """
 from __future__ import annotations
 
@@ -22,40 +23,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .codecs import list_codecs
-from .paths import REPO_ROOT
+import yaml
+
+from .paths import CONF_DIR, child_env
 from .report import make_report
 
 BANDWIDTHS = "0.1mbps,1mbps,5mbps,10mbps,25mbps,100mbps"
 
+
+def load_suites(directory: Path = CONF_DIR / "figures") -> tuple[dict[str, dict[str, list[str]]], dict[str, list[str]]]:
+    """``conf/figures/<suite>.yaml`` -> (suite -> sweep name -> overrides, suite -> common args)."""
+    suites: dict[str, dict[str, list[str]]] = {}
+    args: dict[str, list[str]] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        suites[path.stem] = {name: [str(o) for o in overrides] for name, overrides in data["sweeps"].items()}
+        args[path.stem] = [str(o) for o in data.get("args") or []]
+    return suites, args
+
+
 # suite -> sweep name -> overrides (comma lists are swept by Hydra)
-SUITES: dict[str, dict[str, list[str]]] = {
-    "fashion_mnist": {
-        "raw": ["codec=raw"],
-        "png": ["codec=png"],
-        "jpeg": ["codec=jpeg", "codec.quality=5,10,20,35,50,75,95"],
-        "jpeg_abbrev": ["codec=jpeg", "codec.abbreviated=true", "codec.quality=5,10,20,35,50,75,95"],
-        "webp": ["codec=webp", "codec.quality=5,20,50,80,95"],
-        "frankensplit": ["codec=frankensplit", "codec.lmbda=0.032,0.064,0.128,0.256,0.512,1.024"],
-        "local": ["codec=local"],
-        "tofc": ["codec=tofc"],
-        "tofc_ft": ["codec=tofc", "codec.n_clusters=16", "codec.finetune_tail=true", "codec.lmbda=0.002,0.0005"],
-        "tofc_nomerge": ["codec=tofc", "codec.n_clusters=49"],
-        "patchsel": ["codec=patchsel", "codec.eta=0.2,0.4,0.6", "codec.delta=0.97,1.0"],
-        "elic": ["codec=elic", "codec.lmbda=0.0067,0.025"],
-        "bmshj2018": ["codec=bmshj2018", "codec.lmbda=0.0067,0.025"],
-    },
-    "photos": {
-        "raw": ["codec=raw"],
-        "png": ["codec=png"],
-        "jpeg": ["codec=jpeg", "codec.quality=5,10,20,35,50,75,95"],
-        "webp": ["codec=webp", "codec.quality=5,20,50,80,95"],
-    },
-}
-SUITE_ARGS = {
-    "fashion_mnist": [],
-    "photos": ["data=photos", "model=efficientnet_lite0"],
-}
+SUITES, SUITE_ARGS = load_suites()
 # Stage times in CPU seconds of one thread: the figures then do not depend on what else the machine
 # is doing while they are made (the runner's default is the wall clock).
 CLOCK_ARGS = ["measure.clock=cpu", "measure.threads=1"]
@@ -63,6 +51,7 @@ CLOCK_ARGS = ["measure.clock=cpu", "measure.threads=1"]
 
 def register_sweep(suite: str, name: str, overrides: list[str]) -> None:
     SUITES.setdefault(suite, {})[name] = overrides
+    SUITE_ARGS.setdefault(suite, [])
 
 
 def _codec_of(overrides: list[str]) -> str:
@@ -70,22 +59,21 @@ def _codec_of(overrides: list[str]) -> str:
 
 
 def run_sweeps(suite: str, root: Path, bandwidths: str, limit: int | None) -> list[Path]:
-    available = set(list_codecs())
     dirs = []
     for name, overrides in SUITES[suite].items():
         codec = _codec_of(overrides)
-        if codec not in available:
-            print(f"[{suite}] skip {name}: codec {codec!r} is not registered")
-            continue
         sweep_dir = root / "sweeps" / name
         cmd = [sys.executable, "-m", "splitbench", "-m", *SUITE_ARGS[suite], *overrides,
-               f"bandwidth={bandwidths}", f"hydra.sweep.dir={sweep_dir}", "measure.progress=false",
+               f"bandwidth={bandwidths}", f"hydra.sweep.dir={sweep_dir.resolve()}", "measure.progress=false",
                *CLOCK_ARGS]
         if limit:
             cmd.append(f"data.limit={limit}")
         start = time.time()
         print(f"[{suite}] {name}: {' '.join(cmd[2:])}", flush=True)
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+        if proc.returncode == 2 and f"unknown codec {codec!r}" in proc.stderr:
+            print(f"[{suite}] skip {name}: codec {codec!r} is not registered")
+            continue
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr[-3000:])
             raise SystemExit(f"sweep {suite}/{name} failed (exit {proc.returncode})")
@@ -123,8 +111,8 @@ def claims_table(df: pd.DataFrame, floor_drop: float = 0.01) -> pd.DataFrame:
         base_vals = {b: best_at_floor(df, b, floor, metric) for b in baselines}
         base_name, base = min(((b, v) for b, v in base_vals.items()), key=lambda kv: (math.isnan(kv[1]), kv[1]))
         ratio = ours / base if base and not math.isnan(base) and not math.isnan(ours) else math.nan
-        if codec not in list_codecs():
-            verdict = f"n/a: {codec} is not built"
+        if codec not in set(df["codec"]):
+            verdict = f"n/a: no {codec} results"
         elif math.isnan(ours):
             verdict = f"not reproduced: no {codec} point within {100 * floor_drop:.0f} pt of raw"
         elif math.isnan(base):
@@ -138,7 +126,7 @@ def claims_table(df: pd.DataFrame, floor_drop: float = 0.01) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m splitbench.figures", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(REPO_ROOT / "results" / "paper"))
+    p.add_argument("--out", default=str(Path("results") / "paper"), help="default: results/paper (current directory)")
     p.add_argument("--suites", default=",".join(SUITES), help=f"comma list of {', '.join(SUITES)}")
     p.add_argument("--bandwidths", default=BANDWIDTHS)
     p.add_argument("--limit", type=int, default=None, help="data.limit for a quick look (not the paper setting)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 import tempfile
@@ -18,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, default_collate
@@ -30,9 +28,8 @@ from .codecs import Codec
 from .errors import ConfigError, SplitbenchError
 from .models import TaskModel
 from .paths import cache_dir
+from .records import RECORD_COLUMNS, finite_mean  # noqa: F401  (re-exported)
 
-RECORD_COLUMNS = ["index", "label", "pred", "offloaded", "bytes", "est_bits", "t_device", "t_encode",
-                  "t_decode", "t_server", "flops_device", "flops_server"]
 RECORDS_FORMAT = 2  # bump when the measurement procedure changes
 
 
@@ -284,9 +281,3 @@ def measured_records(codec: Codec, task: TaskModel, dataset: Dataset, data_cfg: 
               f"runnable tasks per core); flagged contended, re-measured on a later quiet run", file=sys.stderr)
     store.put(key, df, cond)
     return df, key, False
-
-
-def finite_mean(values: pd.Series) -> float:
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if arr.size else math.nan

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .latency import STAGES
-from .measure import RECORD_COLUMNS, finite_mean
+from .records import RECORD_COLUMNS, finite_mean
 
 
 def accuracy(records: pd.DataFrame) -> float:

@@ -22,7 +22,7 @@ from .cli import guard_overrides, report_errors
 from .data import build_dataset
 from .models import build_model
 from .models.checkpoints import save_shipped
-from .paths import CHECKPOINT_DIR
+from .paths import CHECKPOINT_DIR, CONF_DIR
 from .training import augment, evaluate, loader, seed_everything, warmup_cosine
 
 
@@ -90,7 +90,7 @@ def train_task_model(cfg: DictConfig) -> dict[str, Any]:
     return entry
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 @report_errors
 def main(cfg: DictConfig) -> None:
     if cfg.train.threads:

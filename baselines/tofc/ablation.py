@@ -1,8 +1,8 @@
 """TOFC ablation table: ``python -m baselines.tofc.ablation [--limit N] [--bandwidth 10mbps]``.
 
-Runs splitbench's own pipeline (``splitbench.run.execute``: measured records, cached, priced by
-the latency model) for the full codec and each ablation, and writes
-``results/tofc/ablation.md`` (+ ``ablation.csv``):
+Runs ``python -m splitbench`` (measured records, cached, priced by the latency model) for the full
+codec and each ablation, reads each run's ``results.csv``, and writes ``results/tofc/ablation.md``
+(+ ``ablation.csv``, under the current directory):
 
 - full TOFC (DPC-KNN merge + selective hyperprior, Laplacian, n_e experts)
 - merging only (``entropy=none``: merged tokens sent as fp16)
@@ -15,15 +15,17 @@ Variants whose checkpoint is not shipped are listed as skipped, with the trainin
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from splitbench.errors import CheckpointError
-from splitbench.paths import CONF_DIR, REPO_ROOT
+from splitbench.paths import child_env
 
-OUT_DIR = REPO_ROOT / "results" / "tofc"
+OUT_DIR = Path("results") / "tofc"
 
 VARIANTS: list[tuple[str, list[str]]] = [
     ("TOFC (merge + selective hyperprior, Laplace, n_e=4)", []),
@@ -36,14 +38,21 @@ COLUMNS = ["variant", "rate_point", "accuracy", "agreement", "bytes_per_image", 
            "latency_mean_ms", "lat_transmit_ms", "server_mflops", "tokens"]
 
 
-def run_variant(overrides: list[str]) -> list[dict[str, Any]]:
-    from hydra import compose, initialize_config_dir
+class Skipped(Exception):
+    """A variant whose checkpoint is not shipped (the run's one-line error)."""
 
-    from splitbench.run import execute
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return execute(cfg)
+def run_variant(overrides: list[str]) -> dict[str, Any]:
+    """One ``python -m splitbench`` run in a scratch directory; its results.csv row."""
+    with tempfile.TemporaryDirectory(prefix="tofc-ablation-") as tmp:
+        proc = subprocess.run([sys.executable, "-m", "splitbench", *overrides, f"hydra.run.dir={tmp}/run"],
+                              capture_output=True, text=True, env=child_env())
+        error = next((line for line in proc.stderr.splitlines() if line.startswith("splitbench: error:")), "")
+        if proc.returncode == 2 and "checkpoint" in error:
+            raise Skipped(error.removeprefix("splitbench: error: "))
+        if proc.returncode != 0:
+            raise SystemExit(f"python -m splitbench {' '.join(overrides)} failed:\n{proc.stderr[-2000:]}")
+        return pd.read_csv(Path(tmp) / "run" / "results.csv").iloc[0].to_dict()
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -57,17 +66,17 @@ def main(argv: list[str] | None = None) -> Path:
               "measure.progress=false"]
     if args.limit:
         common.append(f"data.limit={args.limit}")
-    rows, skipped, reference = [], [], None
+    rows, skipped = [], []
     for label, overrides in VARIANTS:
         try:
             result = run_variant(common + overrides)
-        except CheckpointError as err:
+        except Skipped as err:
             skipped.append(f"- {label}: skipped ({str(err).split(';')[0]})")
             continue
-        rows.append({"variant": label, **result[0]})
-        reference = reference or (result[1] if len(result) > 1 else None)
-        print(f"{label}: accuracy {result[0]['accuracy']:.4f}, {result[0]['bytes_per_image']:.1f} bytes/image")
-    if reference is not None:
+        rows.append({"variant": label, **result})
+        print(f"{label}: accuracy {result['accuracy']:.4f}, {result['bytes_per_image']:.1f} bytes/image")
+    if rows:
+        reference = run_variant([o.replace("codec=tofc", "codec=raw") for o in common])
         rows.append({"variant": "raw (reference: uncompressed image)", **reference})
     df = pd.DataFrame(rows)
     df = df[[c for c in COLUMNS if c in df.columns]]

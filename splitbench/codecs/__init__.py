@@ -1,12 +1,26 @@
-"""Codec protocol and registry: ``@register_codec``, ``create_codec``, ``list_codecs``."""
+"""Codec protocol and registry: ``@register_codec``, ``create_codec``, ``list_codecs``.
+
+Codecs come from the ``splitbench.codecs`` entry-point group (the built-ins in ``baselines`` are
+declared there too; see splitbench.registry), loaded on first use.
+"""
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .base import Codec, Payload, accepted_options, check_options
 
-CODECS: Registry[Codec] = Registry("codec")
+
+
+def _adopt(name: str, cls: Any) -> None:
+    """An entry point naming a Codec class registers it under the entry point's name."""
+    if not (isinstance(cls, type) and issubclass(cls, Codec)):
+        raise ConfigError(f"codec plugin {name!r} names {cls!r}, which is not a splitbench Codec subclass")
+    register_codec(name)(cls)
+
+
+CODECS: Registry[Codec] = Registry("codec", group="splitbench.codecs", adopt=_adopt)
 
 
 def register_codec(name: str) -> Callable[[type[Codec]], type[Codec]]:
@@ -20,20 +34,12 @@ def register_codec(name: str) -> Callable[[type[Codec]], type[Codec]]:
     return decorator
 
 
-def _load_builtin() -> None:
-    # The baselines package registers its codecs on import; importing it lazily keeps
-    # `import splitbench` light and lets third-party packages register theirs the same way.
-    import baselines  # noqa: F401
-
-
 def list_codecs() -> list[str]:
-    _load_builtin()
     return CODECS.names()
 
 
 def create_codec(name: str, **options: Any) -> Codec:
     """Build a codec by name; unknown names and options raise a ConfigError listing valid ones."""
-    _load_builtin()
     cls = CODECS.get(name)
     check_options(cls, options)  # type: ignore[arg-type]
     codec = cls(**options)

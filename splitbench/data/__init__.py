@@ -1,7 +1,8 @@
 """Datasets: each yields ``(image uint8 CxHxW tensor, label int)``; label -1 means unlabelled.
 
 Images stay uint8 until the task model normalises them, so image codecs see exactly the pixels a
-camera would deliver and the raw payload is the real pixel buffer.
+camera would deliver and the raw payload is the real pixel buffer. Datasets come from the
+``splitbench.datasets`` entry-point group (built-ins included; see splitbench.registry).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset, Subset
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 
-DATASETS: Registry[Dataset] = Registry("dataset")
+DATASETS: Registry[Dataset] = Registry("dataset", group="splitbench.datasets")
 IDENTITY_KEYS = ("contents",)  # added to a data config for cache keys (dataset_identity), not options
 
 
@@ -28,8 +29,6 @@ def build_dataset(cfg: Any, split: str | None = None, model: Any = None) -> Data
     samples, deterministically. ``model`` (the task model) is handed to datasets that take it, so
     they can follow its input size, channels, preprocessing and class names.
     """
-    from . import fashion_mnist, imagefolder, photos  # noqa: F401  (register)
-
     options = {k: v for k, v in dict(cfg).items() if k not in ("name", "limit", *IDENTITY_KEYS)}
     if split is not None:
         options["split"] = split

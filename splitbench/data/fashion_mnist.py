@@ -18,10 +18,10 @@ from torchvision.datasets import FashionMNIST
 
 from ..errors import ConfigError, DataError
 from ..models.checkpoints import sha256_file
-from ..paths import REPO_ROOT, cache_dir
+from ..paths import FASHION_MNIST_DIR, cache_dir
 from . import register_dataset
 
-VENDORED = REPO_ROOT / "data" / "fashion-mnist"
+VENDORED = FASHION_MNIST_DIR
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

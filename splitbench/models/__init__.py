@@ -2,7 +2,8 @@
 
 ``build_model(cfg)`` returns a :class:`TaskModel`: the network plus its input normalisation, taking
 uint8 images. Registered names build this project's models (``vit_fmnist``, the offline
-``tf_efficientnet_lite0``); any other name is created with ``timm.create_model``.
+``tf_efficientnet_lite0``, or a plugin's from the ``splitbench.models`` entry-point group); any
+other name is created with ``timm.create_model``.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class TaskModel(nn.Module):
         return self.net(self.normalize(images))
 
 
-MODELS: Registry[TaskModel] = Registry("model")
+MODELS: Registry[TaskModel] = Registry("model", group="splitbench.models")
 
 
 def register_model(name: str) -> Callable[[Callable[..., TaskModel]], Callable[..., TaskModel]]:
@@ -61,8 +62,6 @@ def register_model(name: str) -> Callable[[Callable[..., TaskModel]], Callable[.
 
 def build_model(cfg: Any) -> TaskModel:
     """Build and load the task model named by ``cfg.name`` (eval mode, gradients off)."""
-    from . import efficientnet, vit, vit_edge  # noqa: F401  (register)
-
     options = {k: v for k, v in dict(cfg).items() if k != "name"}
     name = cfg["name"]
     factory = MODELS.get(name) if name in MODELS else _timm_model
