@@ -172,6 +172,13 @@ class TofcCodec(Codec):
         patches = self.task.net.patch_embed.num_patches
         return 1 + min(self.n_clusters, patches)
 
+    def max_payload_bytes(self) -> int:
+        """fp16 tokens exactly, or the check bytes + worst-case rANS stream of every token symbol."""
+        if self.entropy == "none":
+            return self.n_tokens * self.task.net.embed_dim * 2
+        assert self.coder is not None
+        return self.coder.max_payload_bytes(self.n_tokens)
+
     # -- the four stages -----------------------------------------------------------------------
     def device_forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = vit_tokens_until(self.task.net, self.task.normalize(images), self.split)
