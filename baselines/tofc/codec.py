@@ -83,6 +83,10 @@ class TofcCodec(Codec):
         _check(transform in TRANSFORMS, "transform", transform, f"one of {', '.join(TRANSFORMS)}")
         _check(isinstance(q_step, (int, float)) and q_step > 0, "q_step", q_step, "a number > 0")
         _check(isinstance(temperature, (int, float)) and temperature > 0, "temperature", temperature, "> 0")
+        for key, value in (("hyper_channels", hyper_channels), ("hidden", hidden), ("train_steps", train_steps),
+                           ("train_images", train_images)):
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, value, "an integer >= 1")
+        _check(isinstance(balance_alpha, (int, float)) and balance_alpha >= 0, "balance_alpha", balance_alpha, "a number >= 0")
         self.split, self.n_clusters, self.k = split, n_clusters, k
         self.entropy, self.distribution, self.n_experts = entropy, distribution, n_experts
         self.lmbda, self.checkpoint, self.finetune_tail = float(lmbda), checkpoint, bool(finetune_tail)
