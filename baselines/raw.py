@@ -22,6 +22,10 @@ class RawCodec(Codec):
     def encode(self, features: torch.Tensor) -> list[Payload]:
         return [Payload(img.contiguous().numpy().tobytes()) for img in features.to(torch.uint8)]
 
+    def max_payload_bytes(self) -> int:
+        """Exactly one uint8 pixel buffer."""
+        return int(np.prod(self.task.input_size))
+
     def decode(self, data: list[bytes]) -> torch.Tensor:
         shape = tuple(self.task.input_size)
         expected = int(np.prod(shape))

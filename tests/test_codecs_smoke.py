@@ -81,6 +81,11 @@ def test_oversized_image_payload_is_rejected_before_decoding(task_model):
     codec = create_codec("png")
     codec.bind(task_model)
     buf = io.BytesIO()
-    Image.new("L", (4000, 4000)).save(buf, "PNG")
-    with pytest.raises(PayloadError, match="4000x4000, expected 28x28"):
+    Image.new("L", (1000, 1000)).save(buf, "PNG")  # ~1 KB on the wire, 1 MB of pixels
+    assert len(buf.getvalue()) < codec.max_payload_bytes()
+    with pytest.raises(PayloadError, match="1000x1000, expected 28x28"):
+        codec.decode([buf.getvalue()])
+    buf = io.BytesIO()
+    Image.new("L", (4000, 4000)).save(buf, "PNG")  # longer than any 28x28 PNG: rejected by its length
+    with pytest.raises(PayloadError, match="longer than the .* bytes this codec's encoder can produce"):
         codec.decode([buf.getvalue()])

@@ -72,7 +72,7 @@ def test_mask_count_not_matching_pixels_is_a_payload_error(test_images):
     pixels = encode_lossless(GRID, image, idx)
     lying = pack_payload(GRID, idx[:3], pixels)  # mask says 3 patches, pixels hold 5
     mask, pix = unpack_payload(GRID, lying, "patchsel")
-    with pytest.raises(PayloadError, match="patchsel payload: the mask has 3 patches"):
+    with pytest.raises(PayloadError, match="patchsel payload 0: the mask has 3 patches"):
         decode_lossless(GRID, pix, mask, "patchsel")
     coder = JpegPixels(75, True)
     lying = pack_payload(GRID, np.arange(8), coder.encode(GRID, image, np.arange(20)))

@@ -24,13 +24,15 @@ from typing import Any
 import torch
 
 from splitbench.codecs import Codec, Payload, register_codec
+from splitbench.codecs.bitstream import put_varint
+from splitbench.codecs.rans import check_latent, max_stream_bytes, table_max_value
 from splitbench.errors import CheckpointError, ConfigError, PayloadError
 from splitbench.models.checkpoints import load_manifest, load_shipped, load_user_checkpoint, sha256_file
 from splitbench.models.vit import vit_logits_from
 
 from .fit import fit_settings
 from .model import PRIORS, Arch, FrankenSplitNet
-from .wire import NAME, pack_strings, padded, unpack_strings
+from .wire import CHECK_BYTES, NAME, pack_strings, padded, unpack_strings
 
 
 def checkpoint_name(prior: str, split: int, lmbda: float) -> str:
@@ -146,21 +148,33 @@ class FrankenSplitCodec(Codec):
         return self.net.encoder(self.task.normalize(images))
 
     def encode(self, features: torch.Tensor) -> list[Payload]:
+        check_latent(features, NAME)  # out-of-range symbols could hang compressai's encoder
         strings, bits = self.net.compress(features.float().cpu())
         return [Payload(pack_strings(s), estimated_bits=float(b)) for s, b in zip(strings, bits)]
 
-    def decode(self, data: list[bytes]) -> torch.Tensor:
+    def _string_sizes(self) -> list[tuple[int, Any]]:
+        """(symbols, entropy model) of each string in wire order: [y] or [z, y]."""
         a = self.arch
-        n_strings = 1 if a.prior == "factorized" else 2
-        sizes = [a.latent * a.grid * a.grid] if n_strings == 1 else [a.hyper_latent * ((a.grid + 1) // 2) ** 2,
-                                                                     a.latent * a.grid * a.grid]
+        y = (a.latent * a.grid * a.grid, self.net.entropy if a.prior == "factorized" else self.net.gaussian)
+        return [y] if a.prior == "factorized" else [(a.hyper_latent * ((a.grid + 1) // 2) ** 2, self.net.entropy), y]
+
+    def max_payload_bytes(self) -> int:
+        """CRC + length prefix + each string at its worst-case rANS length (codecs/rans.py)."""
+        longest = [max_stream_bytes(n, table_max_value(m._offset.reshape(-1).tolist(), m._cdf_length.reshape(-1).tolist()))
+                   for n, m in self._string_sizes()]
+        return CHECK_BYTES + sum(len(put_varint(n)) for n in longest[:-1]) + sum(longest)
+
+    def decode(self, data: list[bytes]) -> torch.Tensor:
+        sizes = [n for n, _ in self._string_sizes()]
+        limit = self.max_payload_bytes()
         parsed = []
         for i, blob in enumerate(data):
-            strings = unpack_strings(blob, n_strings, i)
+            strings = unpack_strings(blob, len(sizes), i, limit)
             parsed.append([padded(s, n) for s, n in zip(strings, sizes)])
         y_hat = self.net.decompress(parsed)
-        if not torch.isfinite(y_hat).all():
-            raise PayloadError(f"{NAME} payload decoded to non-finite latents: it is corrupt")
+        bad = [i for i in range(len(data)) if not torch.isfinite(y_hat[i]).all()]
+        if bad:
+            raise PayloadError(f"{NAME} payload {bad[0]} decoded to non-finite latents: it is corrupt")
         return y_hat
 
     def server_forward(self, features: torch.Tensor) -> torch.Tensor:

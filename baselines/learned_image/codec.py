@@ -31,7 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressai.entropy_models import EntropyBottleneck
+
 from splitbench.codecs import Codec, Payload, register_codec
+from splitbench.codecs.rans import max_stream_bytes, table_max_value
 from splitbench.errors import CheckpointError, ConfigError, PayloadError
 from splitbench.models.checkpoints import load_manifest, load_shipped, load_user_checkpoint, sha256_file
 from splitbench.paths import CHECKPOINT_DIR
@@ -151,9 +154,22 @@ class LearnedImageCodec(Codec):
         self._padded = (math.ceil(h / mult) * mult, math.ceil(w / mult) * mult)
         down = 2 ** self.net.arch["stages"]
         self._y_shape = torch.Size((1, self.net.arch["M"], self._padded[0] // down, self._padded[1] // down))
-        self._max_bytes = 64 * c * h * w + 4096  # bounds decoder work on garbage; real streams are far smaller
         self._tables = {id(m): CdfTable.of(m) for m in self.net.modules()
                         if hasattr(m, "_quantized_cdf") and m._offset.numel() > 0}
+        y, z = self._shapes(self._entropy_bottleneck(), 1)
+        self._n_symbols = y.numel() + z.numel()
+        self._max_bytes = self.max_payload_bytes()
+
+    def _entropy_bottleneck(self) -> nn.Module:
+        """The z entropy model (its channel count fixes the hyper-latent shape)."""
+        return next(m for m in self.net.modules() if isinstance(m, EntropyBottleneck))
+
+    def max_payload_bytes(self) -> int:
+        """The longest stream the encoder can flush: every y and z symbol at the worst-case cost
+        (16 bits + escape chunks; symbols are range-checked on both ends, see codecs/rans.py)."""
+        tables = list(self._tables.values())
+        max_value = max(table_max_value(t.offsets, t.lengths) for t in tables)
+        return max_stream_bytes(self._n_symbols, max_value)
 
     def _shapes(self, eb: nn.Module, batch: int) -> tuple[torch.Size, torch.Size]:
         """(y, z) latent shapes for ``batch`` images of the agreed size."""
@@ -195,14 +211,17 @@ class LearnedImageCodec(Codec):
         self._code_latents(coder, y)
         return coder.finish(), coder.estimated_bits
 
-    def _decode_latents(self, blobs: list[bytes]) -> torch.Tensor:
-        coder = LatentCoder(self.family, self._tables, streams=blobs, max_bytes=self._max_bytes)
+    def _decode_latents(self, blobs: list[bytes], index: int = 0) -> torch.Tensor:
+        """Latents of ``blobs`` (batch positions ``index``, ``index + 1``, ... for error messages)."""
+        coder = LatentCoder(self.family, self._tables, streams=blobs, max_bytes=self._max_bytes,
+                            n_symbols=self._n_symbols, index=index)
         try:
             y_hat = self._code_latents(coder, None)
         except PayloadError:
             raise
         except (RuntimeError, ValueError, OverflowError) as err:
-            raise PayloadError(f"{self.family} payload ({[len(b) for b in blobs]} bytes) is corrupt: {err}") from None
+            where = f"payload {index}" if len(blobs) == 1 else f"payloads {index}..{index + len(blobs) - 1}"
+            raise PayloadError(f"{self.family} {where} is corrupt: {str(err).splitlines()[0]}") from None
         coder.finish()
         return y_hat
 
@@ -223,7 +242,7 @@ class LearnedImageCodec(Codec):
     # -- server side -------------------------------------------------------------------------------------
     def decode(self, data: list[bytes]) -> Decoded:
         """Entropy decoding, one payload at a time (each its own stream)."""
-        return Decoded([self._decode_latents([blob]) for blob in data], [bytes(b) for b in data])
+        return Decoded([self._decode_latents([blob], i) for i, blob in enumerate(data)], [bytes(b) for b in data])
 
     def reconstruct(self, decoded: Decoded) -> torch.Tensor:
         """The decoded uint8 images (N,C,H,W); fills in ``psnr`` for payloads encoded here."""

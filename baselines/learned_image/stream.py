@@ -11,9 +11,11 @@ The same :class:`LatentCoder` object drives both directions, so the encoder and 
 identical sequence of tensor operations; the caller's model code is written once.
 
 Corrupt input never reaches the C++ decoder unguarded: the stream must be a whole number of 32-bit
-words and at most ``max_bytes`` long, the decoder reads a copy padded with zeros (rANS reads ahead;
-the padding keeps every read inside the buffer), and after decoding the symbols are re-encoded and
-must reproduce the received stream byte for byte, so garbage and truncation raise PayloadError.
+words and at most ``max_bytes`` long, the decoder reads a copy zero-padded by the bound of
+splitbench.codecs.rans (rANS reads ahead; the padding keeps every read inside the buffer), decoded
+symbols are range-checked (out-of-range ones would make compressai's encoder loop forever), and
+after decoding the symbols are re-encoded and must reproduce the received stream byte for byte, so
+garbage and truncation raise PayloadError.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import EntropyBottleneck, EntropyModel, GaussianConditional
 
+from splitbench.codecs.rans import check_latent, check_symbols, read_padding
 from splitbench.errors import PayloadError
 
 
@@ -77,8 +80,9 @@ class LatentCoder:
     """
 
     def __init__(self, codec: str, tables: dict[int, CdfTable], streams: list[bytes] | None = None,
-                 batch: int = 1, max_bytes: int = 1 << 20) -> None:
+                 batch: int = 1, max_bytes: int = 1 << 20, n_symbols: int = 1 << 16, index: int = 0) -> None:
         self.codec = codec
+        self.index = index  # batch index of the first stream, for error messages
         self.tables = tables  # id(entropy model) -> its table
         self.encoding = streams is None
         self.batch = batch if streams is None else len(streams)
@@ -90,19 +94,19 @@ class LatentCoder:
             return
         self.streams = [bytes(s) for s in streams]
         self._decoders = []
-        for i, data in enumerate(self.streams):
+        for i, data in enumerate(self.streams, start=index):
+            if len(data) > max_bytes:
+                raise PayloadError(f"{codec} payload {i} ({len(data)} bytes) is corrupt: longer than the "
+                                   f"{max_bytes} bytes this codec's encoder can produce")
             if not data:
                 raise PayloadError(f"{codec} payload {i} is empty")
             if len(data) % 4 or len(data) < 8:
                 raise PayloadError(f"{codec} payload {i} ({len(data)} bytes) is corrupt: an rANS stream is a "
                                    f"whole number of 32-bit words, at least 8 bytes")
-            if len(data) > max_bytes:
-                raise PayloadError(f"{codec} payload {i} ({len(data)} bytes) is corrupt: longer than the "
-                                   f"{max_bytes}-byte limit for this image size")
             decoder = RansDecoder()
             # rANS renormalisation and bypass-coded escapes read ahead of the symbol being decoded;
             # on garbage that can run past the end, so give it zeros to read (bounded, see module doc)
-            decoder.set_stream(data + bytes(16 * len(data) + 4096))
+            decoder.set_stream(data + read_padding(n_symbols, len(data)))
             self._decoders.append(decoder)
 
     def _code(self, model: EntropyModel, symbols: torch.Tensor | None, indexes: torch.Tensor) -> torch.Tensor:
@@ -116,7 +120,9 @@ class LatentCoder:
         out = []
         for b in range(self.batch):
             idx, sub = table.subset(indexes[b])
-            sym = torch.tensor(self._decoders[b].decode_stream(idx, *sub), dtype=torch.int32)
+            decoded = self._decoders[b].decode_stream(idx, *sub)
+            check_symbols(decoded, self.codec, self.index + b)  # before anything re-encodes them
+            sym = torch.tensor(decoded, dtype=torch.int32)
             self._calls[b].append((id(model), sym, indexes[b].reshape(-1)))
             out.append(sym.reshape(indexes.shape[1:]))
         return torch.stack(out)
@@ -149,6 +155,8 @@ class LatentCoder:
         medians = eb._get_medians().detach().reshape(1, -1, 1, 1).expand(shape)
         indexes = eb._build_indexes(shape)
         symbols = eb.quantize(z, "symbols", medians) if self.encoding else None
+        if symbols is not None:
+            check_latent(symbols, self.codec)
         symbols = self._code(eb, symbols, indexes)
         z_hat = eb.dequantize(symbols, medians)
         if self.encoding:
@@ -160,6 +168,8 @@ class LatentCoder:
         """Gaussian conditional (compressai: scale-table index per element, symbols around means)."""
         indexes = scale_indexes(gc, scales)
         symbols = gc.quantize(y, "symbols", means) if self.encoding else None
+        if symbols is not None:
+            check_latent(symbols, self.codec)
         symbols = self._code(gc, symbols, indexes)
         y_hat = gc.dequantize(symbols, means)
         if self.encoding:
@@ -182,6 +192,6 @@ class LatentCoder:
             check = BufferedRansEncoder()
             check.encode_with_indexes(*self._one_call(b))
             if check.flush() != data:
-                raise PayloadError(f"{self.codec} payload {b} ({len(data)} bytes) is corrupt: the decoded "
+                raise PayloadError(f"{self.codec} payload {self.index + b} ({len(data)} bytes) is corrupt: the decoded "
                                    f"symbols do not re-encode to the received stream (truncated or damaged)")
         return self.streams

@@ -28,7 +28,7 @@ from .attention import SCORES, EdgeOutput, edge_forward
 from .policy import GATES, SELECTIONS, select, uncertainty
 from .server import grid_of, kept_logits
 from .wire import (PIXEL_CODINGS, Grid, JpegPixels, decode_lossless, encode_lossless, mask_bytes,
-                   pack_payload, unpack_payload)
+                   max_payload_bytes, pack_payload, unpack_payload)
 
 
 def _choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
@@ -77,9 +77,13 @@ class LocalCodec(EdgeCodec):
     def encode(self, features: torch.Tensor) -> list[Payload]:
         return [Payload(b"", local_prediction=int(i)) for i in features.argmax(dim=-1)]
 
+    def max_payload_bytes(self) -> int:
+        """Nothing is ever sent."""
+        return 0
+
     def decode(self, data: list[bytes]) -> Any:
-        raise PayloadError(f"local sends no payload (the edge model answers on the device); got "
-                           f"{len(data)} payload(s) of {sum(map(len, data))} bytes")
+        raise PayloadError(f"local payload 0 ({len(data[0]) if data else 0} bytes) is unexpected: local sends no "
+                           f"payload (the edge model answers on the device); got {len(data)} payload(s)")
 
     def rate_point(self) -> str:
         return f"edge={self.edge.name}"
@@ -113,7 +117,11 @@ class PatchSelCodec(EdgeCodec):
         self.score = _choice("score", score, SCORES)
         self.pixels = _choice("pixels", pixels, PIXEL_CODINGS)
         self.quality = _number("quality", quality, 1, 100, integer=True)
-        self.abbreviated = bool(abbreviated)
+        if not isinstance(abbreviated, bool):
+            raise ConfigError(f"codec.abbreviated must be true or false; got {abbreviated!r}")
+        self.abbreviated = abbreviated
+        if server_weights is not None and not isinstance(server_weights, str):
+            raise ConfigError(f"codec.server_weights must be a shipped model name or null; got {server_weights!r}")
         self.server_weights = server_weights
         self._jpeg = JpegPixels(self.quality, self.abbreviated)
         super().__init__(edge_model, edge_checkpoint)
@@ -169,14 +177,19 @@ class PatchSelCodec(EdgeCodec):
         return out
 
     # -- server ------------------------------------------------------------------------------------
+    def max_payload_bytes(self) -> int:
+        """Count + widest mask + worst-case pixels of every patch (wire.max_payload_bytes)."""
+        return max_payload_bytes(self.grid, self.pixels)
+
     def decode(self, data: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
-        for blob in data:
-            indices, pixels = unpack_payload(self.grid, blob, self.name)
+        limit = self.max_payload_bytes()
+        for i, blob in enumerate(data):
+            indices, pixels = unpack_payload(self.grid, blob, self.name, i, limit)
             if self.pixels == "lossless":
-                patches = decode_lossless(self.grid, pixels, indices, self.name)
+                patches = decode_lossless(self.grid, pixels, indices, self.name, i)
             else:
-                patches = self._jpeg.decode(self.grid, pixels, indices, self.name)
+                patches = self._jpeg.decode(self.grid, pixels, indices, self.name, i)
             out.append((indices, patches))
         return out
 

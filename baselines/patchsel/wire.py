@@ -31,6 +31,9 @@ from PIL import Image
 from splitbench.codecs.bitstream import Reader, put_varint
 from splitbench.errors import PayloadError
 
+from ..image_codecs import describe, jpeg_max_bytes
+from ..image_formats import jpeg_end
+
 PIXEL_CODINGS = ("lossless", "jpeg")
 
 
@@ -95,15 +98,30 @@ def encode_lossless(grid: Grid, image: np.ndarray, indices: np.ndarray) -> bytes
     return coder.compress(pixels.tobytes()) + coder.flush()
 
 
-def decode_lossless(grid: Grid, blob: bytes, indices: np.ndarray, codec: str) -> np.ndarray:
+def max_pixel_bytes(grid: Grid, coding: str) -> int:
+    """Longest pixel part: raw deflate of every pixel at its worst-case growth (< 1/64 + framing,
+    cf. zlib's deflateBound), or the JPEG bound of the full mosaic."""
+    raw = grid.channels * grid.rows * grid.patch * grid.cols * grid.patch
+    if coding == "lossless":
+        return raw + raw // 64 + 64
+    return jpeg_max_bytes(grid.channels, grid.rows * grid.patch, grid.cols * grid.patch)
+
+
+def max_payload_bytes(grid: Grid, coding: str) -> int:
+    """Count + the widest mask + the longest pixel part."""
+    widest = max(mask_bytes(grid.patches, n) for n in range(1, grid.patches + 1))
+    return len(put_varint(grid.patches)) + widest + max_pixel_bytes(grid, coding)
+
+
+def decode_lossless(grid: Grid, blob: bytes, indices: np.ndarray, codec: str, index: int = 0) -> np.ndarray:
     expected = len(indices) * grid.patch * grid.patch * grid.channels
     inflater = zlib.decompressobj(-15)
     try:
         raw = inflater.decompress(blob, expected + 1)
     except zlib.error as err:
-        raise PayloadError(f"{codec} payload: the lossless pixel data is corrupt ({err})") from None
+        raise PayloadError(f"{codec} payload {index}: the lossless pixel data is corrupt ({err})") from None
     if len(raw) != expected or not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
-        raise PayloadError(f"{codec} payload: the mask has {len(indices)} patches ({expected} pixel bytes) but "
+        raise PayloadError(f"{codec} payload {index}: the mask has {len(indices)} patches ({expected} pixel bytes) but "
                            f"the pixel data {'holds more' if len(raw) > expected else f'holds {len(raw)} bytes or is truncated'}")
     canvas = np.zeros((grid.rows * grid.patch, grid.cols * grid.patch, grid.channels), dtype=np.uint8)
     canvas[_pixel_mask(grid, indices)] = np.frombuffer(raw, dtype=np.uint8).reshape(-1, grid.channels)
@@ -141,24 +159,30 @@ class JpegPixels:
         pil.save(buf, "JPEG", quality=self.quality, **({"streamtype": 2} if self.abbreviated else {}))
         return buf.getvalue()
 
-    def decode(self, grid: Grid, blob: bytes, indices: np.ndarray, codec: str) -> np.ndarray:
+    def decode(self, grid: Grid, blob: bytes, indices: np.ndarray, codec: str, index: int = 0) -> np.ndarray:
         n, p, mode = len(indices), grid.patch, "L" if grid.channels == 1 else "RGB"
         height, width = self.mosaic_shape(grid, n)
         if self.abbreviated:
             if blob[:2] != b"\xff\xd8":
-                raise PayloadError(f"{codec} payload: the JPEG mosaic does not start with SOI")
+                raise PayloadError(f"{codec} payload {index}: the JPEG mosaic does not start with SOI")
             blob = self.tables(mode)[:-2] + blob[2:]
+        try:
+            end = jpeg_end(blob)
+        except ValueError as err:
+            raise PayloadError(f"{codec} payload {index}: the JPEG mosaic is not valid ({err})") from None
+        if end != len(blob):
+            raise PayloadError(f"{codec} payload {index}: {len(blob) - end} trailing bytes after the JPEG mosaic")
         try:
             with Image.open(io.BytesIO(blob), formats=["JPEG"]) as im:
                 if im.size != (width, height):  # before decoding pixels: no decompression bombs
-                    raise PayloadError(f"{codec} payload: the mask has {n} patches (a {width}x{height} mosaic) "
-                                       f"but the JPEG is {im.size[0]}x{im.size[1]}")
+                    raise PayloadError(f"{codec} payload {index}: the mask has {n} patches (a {width}x{height} "
+                                       f"mosaic) but the JPEG is {im.size[0]}x{im.size[1]}")
                 im.load()
                 arr = np.asarray(im.convert(mode))
         except PayloadError:
             raise
         except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... on bad bytes
-            raise PayloadError(f"{codec} payload: the JPEG mosaic is not valid ({err})") from None
+            raise PayloadError(f"{codec} payload {index}: the JPEG mosaic is not valid ({describe(err)})") from None
         arr = arr[..., None] if arr.ndim == 2 else arr
         tiles = arr.reshape(height // p, p, grid.cols, p, grid.channels).transpose(0, 2, 4, 1, 3)
         return tiles.reshape(-1, grid.channels, p, p)[:n].copy()
@@ -171,9 +195,13 @@ def pack_payload(grid: Grid, indices: np.ndarray, pixels: bytes) -> bytes:
     return put_varint(n) + rank.to_bytes(mask_bytes(grid.patches, n), "big") + pixels
 
 
-def unpack_payload(grid: Grid, blob: bytes, codec: str) -> tuple[np.ndarray, bytes]:
-    """(kept indices ascending, pixel bytes); PayloadError on an empty, short or impossible header."""
-    reader = Reader(blob, codec)
+def unpack_payload(grid: Grid, blob: bytes, codec: str, index: int = 0,
+                   max_bytes: int | None = None) -> tuple[np.ndarray, bytes]:
+    """(kept indices ascending, pixel bytes); PayloadError on an over-long, empty, short or
+    impossible header."""
+    reader = Reader(blob, codec, index)
+    if max_bytes is not None and len(blob) > max_bytes:
+        reader.fail(f"longer than the {max_bytes} bytes this codec's encoder can produce")
     if not blob:
         reader.fail("empty")
     n = reader.varint(limit=grid.patches)

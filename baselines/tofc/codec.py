@@ -86,6 +86,10 @@ class TofcCodec(Codec):
         _check(transform in TRANSFORMS, "transform", transform, f"one of {', '.join(TRANSFORMS)}")
         _check(isinstance(q_step, (int, float)) and q_step > 0, "q_step", q_step, "a number > 0")
         _check(isinstance(temperature, (int, float)) and temperature > 0, "temperature", temperature, "> 0")
+        for key, value in (("hyper_channels", hyper_channels), ("hidden", hidden), ("train_steps", train_steps),
+                           ("train_images", train_images)):
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, value, "an integer >= 1")
+        _check(isinstance(balance_alpha, (int, float)) and balance_alpha >= 0, "balance_alpha", balance_alpha, "a number >= 0")
         self.split, self.n_clusters, self.k = split, n_clusters, k
         self.entropy, self.distribution, self.n_experts = entropy, distribution, n_experts
         self.lmbda, self.checkpoint, self.finetune_tail = float(lmbda), checkpoint, bool(finetune_tail)
@@ -174,6 +178,13 @@ class TofcCodec(Codec):
     def n_tokens(self) -> int:
         patches = self.task.net.patch_embed.num_patches
         return 1 + min(self.n_clusters, patches)
+
+    def max_payload_bytes(self) -> int:
+        """fp16 tokens exactly, or the check bytes + worst-case rANS stream of every token symbol."""
+        if self.entropy == "none":
+            return self.n_tokens * self.task.net.embed_dim * 2
+        assert self.coder is not None
+        return self.coder.max_payload_bytes(self.n_tokens)
 
     # -- the four stages -----------------------------------------------------------------------
     def device_forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,10 @@ same order with ``RansDecoder.decode_stream``.
 The payload is ``check (2 bytes) + stream``. ``check`` is CRC-32 (low 16 bits) of the
 checkpoint's hash and the stream, so truncated, corrupted or foreign (another checkpoint's)
 payloads fail with a PayloadError before the rANS decoder sees them; the decoder also gets the
-stream zero-padded, so even bytes that pass the check by chance cannot make it read past its
-buffer, and decoded symbols are range-checked.
+stream zero-padded by the proven read bound of splitbench.codecs.rans, so even bytes that pass the
+check by chance cannot make it read past its buffer, and decoded symbols are range-checked. A
+payload longer than the encoder can produce (:meth:`TokenCoder.max_payload_bytes`) is rejected
+before anything else.
 
 Entropy parameters are computed on CPU in float32 *per image* with the same tensor shapes on both
 sides (encoder and decoder run the identical ``expert_params`` on the identical ``z_hat``), which
@@ -24,6 +26,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models.entropy_models import pmf_to_quantized_cdf
 
+from splitbench.codecs.rans import check_latent, max_stream_bytes, read_padding, table_max_value
 from splitbench.errors import PayloadError
 
 from .entropy import SelectiveHyperprior
@@ -69,6 +72,16 @@ class TokenCoder:
         cond = self.model.conditional
         return torch.searchsorted(cond.scale_table[:-1], cond.lower_bound_scale(scale).contiguous())
 
+    def _symbols_per_token(self) -> int:
+        m = self.model
+        channels = m.bottleneck.channels if hasattr(m.bottleneck, "channels") else m.h_a[-1].out_features
+        return channels + 1 + m.dim  # z symbols, the expert index, the token symbols
+
+    def max_payload_bytes(self, n_tokens: int) -> int:
+        """Check bytes + the longest rANS stream for ``n_tokens`` tokens (codecs/rans.py)."""
+        max_value = max(table_max_value(t.offsets, t.lengths) for t in (self.z_table, self.y_table, self.e_table))
+        return CHECK_BYTES + max_stream_bytes(n_tokens * self._symbols_per_token(), max_value)
+
     def _check(self, stream: bytes) -> bytes:
         return (zlib.crc32(self.tag + stream) & 0xFFFF).to_bytes(CHECK_BYTES, "big")
 
@@ -88,6 +101,8 @@ class TokenCoder:
         mu, scale = mu_all[rows, experts], scale_all[rows, experts]
         indexes = self._indexes(scale)
         y_sym = torch.round(y - mu).int()
+        check_latent(z_sym, self.codec)  # out-of-range symbols could hang compressai's encoder
+        check_latent(y_sym, self.codec)
 
         enc = BufferedRansEncoder()
         z_idx = torch.arange(z.shape[1]).repeat(t).tolist()
@@ -106,6 +121,10 @@ class TokenCoder:
     @torch.no_grad()
     def decode(self, payload: bytes, n_tokens: int, index: int = 0) -> torch.Tensor:
         """Payload -> (n_tokens, dim) tokens; PayloadError on anything that is not our stream."""
+        limit = self.max_payload_bytes(n_tokens)
+        if len(payload) > limit:
+            raise PayloadError(f"{self.codec} payload {index} ({len(payload)} bytes) is corrupt: longer than the "
+                               f"{limit} bytes this codec's encoder can produce")
         if len(payload) <= CHECK_BYTES:
             raise PayloadError(f"{self.codec} payload {index} is {'empty' if not payload else 'truncated'} "
                                f"({len(payload)} bytes; a valid one has a {CHECK_BYTES}-byte check + stream)")
@@ -114,10 +133,9 @@ class TokenCoder:
             raise PayloadError(f"{self.codec} payload {index} ({len(payload)} bytes) fails its integrity check: "
                                f"truncated, corrupted, or coded with another checkpoint / rate point")
         m = self.model
-        channels = m.bottleneck.channels if hasattr(m.bottleneck, "channels") else m.h_a[-1].out_features
-        n_symbols = n_tokens * (channels + 1 + m.dim)
-        dec = RansDecoder()
-        dec.set_stream(stream + bytes(8 * n_symbols + 64))  # zero pad: reads never leave the buffer
+        channels = self._symbols_per_token() - 1 - m.dim
+        dec = RansDecoder()  # zero pad: reads never leave the buffer (codecs/rans.py)
+        dec.set_stream(stream + read_padding(n_tokens * self._symbols_per_token(), len(stream)))
 
         z_idx = torch.arange(channels).repeat(n_tokens).tolist()
         z_sym = self._symbols(dec.decode_stream(*self.z_table.subset(z_idx)), index)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -122,7 +123,18 @@ def accepted_options(cls: type[Codec]) -> list[str]:
     return [p for p, v in params.items() if p != "self" and v.kind in kinds]
 
 
-def check_options(cls: type[Codec], options: dict[str, Any]) -> None:
+# Declared option types checked here, before a codec runs: the ones a codec would otherwise coerce
+# silently (``bool([])``) or crash on. Numbers and choice strings are left to the codecs, whose
+# own checks name the valid range or choices.
+_TYPES: dict[str, tuple[type, str]] = {"bool": (bool, "true or false"), "dict": (dict, "a mapping"),
+                                       "None": (type(None), "null"), "str": (str, "a string")}
+
+
+def check_options(cls: type[Codec], options: Any) -> None:
+    """ConfigError for options that are not a mapping, unknown names, or values of the wrong kind."""
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"codec options for {cls.name!r} must be a mapping of option names to values, "
+                          f"got {options!r}")
     valid = accepted_options(cls)
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -130,3 +142,14 @@ def check_options(cls: type[Codec], options: dict[str, Any]) -> None:
             f"codec {cls.name!r} has no option {', '.join(repr('codec.' + u) for u in unknown)}; "
             f"valid options: {', '.join('codec.' + v for v in valid) or '(none)'}"
         )
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in options.items():
+        annotation = params[key].annotation
+        if not isinstance(annotation, str):
+            continue
+        kinds = [part.strip().split("[")[0] for part in annotation.split("|")]
+        if kinds == ["str"] or not set(kinds) <= set(_TYPES):
+            continue
+        if not any(isinstance(value, _TYPES[k][0]) for k in kinds):
+            raise ConfigError(f"codec.{key} for {cls.name} must be {' or '.join(_TYPES[k][1] for k in kinds)}, "
+                              f"got {value!r}")

@@ -26,13 +26,15 @@ def put_varint(value: int) -> bytes:
 class Reader:
     """Sequential reader over one payload; every read is bounds-checked."""
 
-    def __init__(self, data: bytes, codec: str) -> None:
+    def __init__(self, data: bytes, codec: str, index: int | None = None) -> None:
         self.data = data
         self.pos = 0
         self.codec = codec
+        self.index = index  # the payload's position in its batch, for error messages
 
     def fail(self, what: str) -> None:
-        raise PayloadError(f"{self.codec} payload ({len(self.data)} bytes) is corrupt: {what}")
+        which = "" if self.index is None else f" {self.index}"
+        raise PayloadError(f"{self.codec} payload{which} ({len(self.data)} bytes) is corrupt: {what}")
 
     def varint(self, limit: int = 1 << 32) -> int:
         value = shift = 0
@@ -72,9 +74,9 @@ def pack(ints: list[int], strings: list[bytes]) -> bytes:
 
 
 def unpack(data: bytes, n_ints: int, n_strings: int, codec: str,
-           limits: list[int] | None = None) -> tuple[list[int], list[bytes]]:
+           limits: list[int] | None = None, index: int | None = None) -> tuple[list[int], list[bytes]]:
     """Inverse of :func:`pack`; raises PayloadError on truncation, excess or out-of-range values."""
-    reader = Reader(data, codec)
+    reader = Reader(data, codec, index)
     if not data:
         reader.fail("empty")
     limits = limits or [1 << 32] * n_ints
