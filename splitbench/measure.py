@@ -114,7 +114,7 @@ class Measurer:
                 sent_here = p.offloaded
                 row = {
                     "index": index + i, "label": int(labels[i]), "pred": int(preds[i]), "offloaded": sent_here,
-                    "bytes": len(p.data), "est_bits": float(p.estimated_bits),
+                    "bytes": len(p.data), "est_bits": p.estimated_bits,  # read after the timed stages
                     "t_device": t_dev / n, "t_encode": t_enc / n,
                     "t_decode": t_dec / len(off) if sent_here else 0.0,
                     "t_server": t_srv / len(off) if sent_here else 0.0,

@@ -206,10 +206,11 @@ class LearnedImageCodec(Codec):
         x = self.to_network(images)
         return DeviceOutput([self.net.g_a(x[i:i + 1]) for i in range(len(x))], images)
 
-    def _encode_latents(self, y: torch.Tensor) -> tuple[list[bytes], list[float]]:
+    def _encode_latents(self, y: torch.Tensor) -> tuple[list[bytes], LatentCoder]:
+        """The streams, and the coder that can still estimate their bits (on demand)."""
         coder = LatentCoder(self.family, self._tables, batch=len(y))
         self._code_latents(coder, y)
-        return coder.finish(), coder.estimated_bits
+        return coder.finish(), coder
 
     def _decode_latents(self, blobs: list[bytes], index: int = 0) -> torch.Tensor:
         """Latents of ``blobs`` (batch positions ``index``, ``index + 1``, ... for error messages)."""
@@ -228,8 +229,8 @@ class LearnedImageCodec(Codec):
     def encode(self, features: DeviceOutput) -> list[Payload]:
         payloads = []
         for y, image in zip(features.latents, features.images):
-            [data], [bits] = self._encode_latents(y)
-            payload = Payload(data, estimated_bits=bits)
+            [data], coder = self._encode_latents(y)
+            payload = Payload(data, estimated_bits=lambda coder=coder: coder.estimated_bits[0])
             self._remember(payload, image)
             payloads.append(payload)
         return payloads
@@ -266,7 +267,8 @@ class LearnedImageCodec(Codec):
         sample of images for identical bytes and records the result in the manifest).
         """
         self._check_images(images)
-        blobs, bits = self._encode_latents(self.net.g_a(self.to_network(images)))
+        blobs, coder = self._encode_latents(self.net.g_a(self.to_network(images)))
+        bits = coder.estimated_bits
         decoded = self.from_network(self.net.g_s(self._decode_latents(blobs)))
         return blobs, bits, decoded
 

@@ -20,6 +20,7 @@ garbage and truncation raise PayloadError.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
@@ -65,9 +66,15 @@ def scale_indexes(gc: GaussianConditional, scales: torch.Tensor) -> torch.Tensor
     #{s in table[:-1] : s < scale}, the left insertion point. Same float comparisons, same result
     (checked against compressai in the tests); ~10x faster at these latent sizes.
     """
-    scales = gc.lower_bound_scale(scales)
+    scales = torch.maximum(scales, gc.lower_bound_scale.bound)  # LowerBound's forward, without autograd
     table = gc.scale_table[:-1].contiguous()
     return torch.searchsorted(table, scales.contiguous(), right=False).int()
+
+
+def _bounded_likelihood(gc: GaussianConditional, y_hat: torch.Tensor, scales: torch.Tensor,
+                        means: torch.Tensor | None) -> torch.Tensor:
+    likelihood = gc._likelihood(y_hat, scales, means)
+    return gc.likelihood_lower_bound(likelihood) if gc.use_likelihood_bound else likelihood
 
 
 class LatentCoder:
@@ -86,7 +93,8 @@ class LatentCoder:
         self.tables = tables  # id(entropy model) -> its table
         self.encoding = streams is None
         self.batch = batch if streams is None else len(streams)
-        self.estimated_bits = [0.0] * self.batch
+        # encoder: what -log2 likelihood needs, per coded tensor; summed only when asked for
+        self._likelihoods: list[Callable[[], torch.Tensor]] = []
         # per image, every coded (table id, symbols, CDF indexes) in stream order: the encoder codes
         # them in one call at finish(); the decoder re-encodes them there to check the stream
         self._calls: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = [[] for _ in range(self.batch)]
@@ -142,25 +150,34 @@ class LatentCoder:
         keys = torch.cat([idx.long() + (slot[t] << 32) for t, _, idx in calls])
         used, local = torch.unique(keys, return_inverse=True)
         rows = [(self.tables[ids[k >> 32]], k & 0xFFFFFFFF) for k in used.tolist()]
-        return (torch.cat([sym for _, sym, _ in calls]).tolist(), local.int().tolist(),
+        symbols = torch.cat([sym for _, sym, _ in calls])
+        if self.encoding:  # once per image, before the C++ encoder sees any symbol
+            check_latent(symbols, self.codec)
+        return (symbols.tolist(), local.int().tolist(),
                 [t.cdfs[r] for t, r in rows], [t.lengths[r] for t, r in rows], [t.offsets[r] for t, r in rows])
 
-    def _estimate(self, likelihood: torch.Tensor) -> None:
-        bits = -torch.log2(likelihood).reshape(self.batch, -1).sum(1)
-        for b in range(self.batch):
-            self.estimated_bits[b] += float(bits[b])
+    @property
+    def estimated_bits(self) -> list[float]:
+        """Encoder: per image, -log2 of the model likelihoods of the coded symbols.
+
+        Computed on demand from what coding kept, not while coding: the estimate is a measurement
+        aid, so it stays out of the encode time the runner reports (Payload.resolve_estimate).
+        """
+        bits = torch.zeros(self.batch, dtype=torch.float64)
+        with torch.inference_mode():
+            for likelihood in self._likelihoods:
+                bits += -torch.log2(likelihood()).reshape(self.batch, -1).sum(1).double()
+        return bits.tolist()
 
     def bottleneck(self, eb: EntropyBottleneck, z: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
         """Factorized prior (compressai EntropyBottleneck: symbols around the channel medians)."""
         medians = eb._get_medians().detach().reshape(1, -1, 1, 1).expand(shape)
         indexes = eb._build_indexes(shape)
         symbols = eb.quantize(z, "symbols", medians) if self.encoding else None
-        if symbols is not None:
-            check_latent(symbols, self.codec)
         symbols = self._code(eb, symbols, indexes)
         z_hat = eb.dequantize(symbols, medians)
         if self.encoding:
-            self._estimate(eb(z, training=False)[1])
+            self._likelihoods.append(lambda: eb(z, training=False)[1])
         return z_hat
 
     def gaussian(self, gc: GaussianConditional, y: torch.Tensor | None, scales: torch.Tensor,
@@ -168,15 +185,10 @@ class LatentCoder:
         """Gaussian conditional (compressai: scale-table index per element, symbols around means)."""
         indexes = scale_indexes(gc, scales)
         symbols = gc.quantize(y, "symbols", means) if self.encoding else None
-        if symbols is not None:
-            check_latent(symbols, self.codec)
         symbols = self._code(gc, symbols, indexes)
         y_hat = gc.dequantize(symbols, means)
         if self.encoding:
-            likelihood = gc._likelihood(y_hat, scales, means)
-            if gc.use_likelihood_bound:
-                likelihood = gc.likelihood_lower_bound(likelihood)
-            self._estimate(likelihood)
+            self._likelihoods.append(lambda: _bounded_likelihood(gc, y_hat, scales, means))
         return y_hat
 
     def finish(self) -> list[bytes]:

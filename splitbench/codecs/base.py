@@ -14,8 +14,7 @@ import abc
 import inspect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 
@@ -25,25 +24,41 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..models import TaskModel
 
 
-@dataclass
 class Payload:
     """What one sample puts on the wire.
 
     ``data`` is the exact byte string sent. ``local_prediction`` is set when the device answers by
     itself (e.g. entropy-aware offloading); then nothing is sent and ``data`` must be empty.
     ``estimated_bits`` is the entropy model's estimate (NaN where a codec has none), reported
-    beside the real size, never instead of it. ``extras`` holds per-sample numbers a codec wants in
-    the records (kept tokens, PSNR, ...).
+    beside the real size, never instead of it. A codec may pass it as a zero-argument callable:
+    the estimate is a measurement aid, not part of the method, so it is computed on first read,
+    which the runner does after the timed stages; it never inflates the encode time.
+    ``extras`` holds per-sample numbers a codec wants in the records (kept tokens, PSNR, ...).
     """
 
-    data: bytes
-    local_prediction: int | None = None
-    estimated_bits: float = math.nan
-    extras: dict[str, float] = field(default_factory=dict)
+    __slots__ = ("data", "local_prediction", "_estimate", "extras")
+
+    def __init__(self, data: bytes, local_prediction: int | None = None,
+                 estimated_bits: float | Callable[[], float] = math.nan,
+                 extras: dict[str, float] | None = None) -> None:
+        self.data = data
+        self.local_prediction = local_prediction
+        self._estimate = estimated_bits
+        self.extras = {} if extras is None else extras
 
     @property
     def offloaded(self) -> bool:
         return self.local_prediction is None
+
+    @property
+    def estimated_bits(self) -> float:
+        if callable(self._estimate):
+            self._estimate = float(self._estimate())
+        return float(self._estimate)
+
+    def __repr__(self) -> str:
+        return (f"Payload({len(self.data)} bytes, local_prediction={self.local_prediction}, "
+                f"extras={self.extras})")
 
 
 class Codec(abc.ABC):

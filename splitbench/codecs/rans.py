@@ -48,7 +48,14 @@ def check_symbols(symbols: Sequence[int], codec: str, index: int) -> None:
 def check_latent(values: torch.Tensor, codec: str) -> None:
     """Encoder side: refuse latents whose symbols could leave the range (never seen on real data;
     it would mean broken weights, and compressai's encoder could loop forever on them)."""
-    if values.numel() and not bool(torch.isfinite(values).all() and values.abs().max() < MAX_SYMBOL - 1):
+    if not values.numel():
+        return
+    if values.is_floating_point():
+        ok = bool(torch.isfinite(values).all() and values.abs().max() < MAX_SYMBOL - 1)
+    else:  # integer symbols: compare both ends (abs() of the most negative int overflows)
+        low, high = torch.aminmax(values)
+        ok = bool(low > -(MAX_SYMBOL - 1) and high < MAX_SYMBOL - 1)
+    if not ok:
         raise SplitbenchError(f"{codec}: the network produced a latent outside the coder's range "
                               f"+-{MAX_SYMBOL} (or non-finite); its weights are broken")
 
