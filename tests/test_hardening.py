@@ -2,13 +2,11 @@
 option validation, error messages (codec, index, reason, no address), frankensplit memory."""
 from __future__ import annotations
 
-import io
 import re
 import zlib
 
 import pytest
 import torch
-from PIL import Image
 
 from splitbench import ConfigError, PayloadError, create_codec, list_codecs
 from splitbench.codecs import CODECS
