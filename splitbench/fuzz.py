@@ -14,15 +14,18 @@ GIL), counting a hang; a child that dies counts a crash; either way a fresh chil
 Outcomes per case: clean (PayloadError), accepted (decoded to logits), crash (any other
 exception, a child death, or an error message that hides the codec or shows an address), hang.
 
-Memory: before each call the child resets its peak resident size (``5`` to /proc/self/clear_refs
-resets VmHWM) and reports VmHWM minus the VmRSS it had just before: the extra resident memory of
-that one call at its peak. Where the reset is unavailable it reports ru_maxrss growth instead,
-which only sees new peaks (an under-estimate; the table says which was used).
+Memory: before each call the child hands freed heap memory back to the system (glibc
+``malloc_trim``; otherwise memory freed by earlier calls would be reused unseen), resets its peak
+resident size (``5`` to /proc/self/clear_refs resets VmHWM) and reports VmHWM minus the VmRSS it
+had just before: the extra resident memory of that one call at its peak. Where the reset is
+unavailable it reports ru_maxrss growth instead, which only sees new peaks (an under-estimate;
+the table says which was used).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import json
 import math
 import os
@@ -191,6 +194,15 @@ def _status_kib(field_name: str) -> int:
     return 0
 
 
+def _trimmer() -> Callable[[], None]:
+    """glibc's ``malloc_trim(0)``, or a no-op where there is none."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0) and None
+
+
 def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -220,11 +232,13 @@ def child_main() -> None:
     torch.set_num_threads(1)
     task = build_model(dict(TASK_MODEL))
     vmhwm = _reset_peak()
+    trim = _trimmer()
     codec: Any = None
     name = ""
     warm = False
 
     def run(data: bytes) -> dict[str, Any]:
+        trim()
         before = _status_kib("VmRSS") if vmhwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         if vmhwm:
             _reset_peak()

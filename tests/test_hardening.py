@@ -2,13 +2,11 @@
 option validation, error messages (codec, index, reason, no address), frankensplit memory."""
 from __future__ import annotations
 
-import io
 import re
 import zlib
 
 import pytest
 import torch
-from PIL import Image
 
 from splitbench import ConfigError, PayloadError, create_codec, list_codecs
 from splitbench.codecs import CODECS
@@ -170,12 +168,15 @@ def test_frankensplit_forged_and_huge_payloads_stay_small(child, real):
     huge = bytes(10 << 20)
     huge_forged = zlib.crc32(huge).to_bytes(4, "big") + huge
     child.load("frankensplit")
+    peaks = []
     for payload in (forged, huge_forged):
         answer = child.ask(payload, timeout=60)
         assert answer is not None and answer["outcome"] in ("clean", "accepted"), answer
-        assert answer["peak_kib"] / 1024 < MEMORY_LIMIT_MIB
         assert answer["seconds"] < 2.0
+        peaks.append(answer["peak_kib"] / 1024)
     assert "longer than the" in answer["message"]
+    # the meter sees the forged decode's zero-padded copies (> 1 MiB), and both stay under the bound
+    assert peaks[0] > 1 and max(peaks) < MEMORY_LIMIT_MIB, peaks
 
 
 def test_frankensplit_crc_catches_every_single_byte_damage(real):
