@@ -6,9 +6,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .latency import STAGES
 from .records import RECORD_COLUMNS, finite_mean
+
+
+PSNR_CAP = 100.0  # dB, for a lossless reconstruction (keeps means finite)
+
+
+def psnr(a: "torch.Tensor", b: "torch.Tensor") -> float:
+    """PSNR in dB of two uint8-range images (capped for identical ones)."""
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0 ** 2 / mse))
 
 
 def accuracy(records: pd.DataFrame) -> float:

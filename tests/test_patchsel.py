@@ -185,20 +185,3 @@ def test_same_bytes_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == GOLDEN["lossless"]
-
-
-def test_finetune_smoke(tmp_path):
-    """Two optimiser steps of the optional server fine-tune, written to tmp_path (not checkpoints/)."""
-    from hydra import compose, initialize_config_dir
-
-    from baselines.patchsel.codec import PatchSelCodec
-    from splitbench.models.checkpoints import load_manifest
-    from splitbench.paths import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["codec=patchsel", "train.max_steps=2", "train.batch_size=8",
-                                          f"train.out_dir={tmp_path}", "data.limit=16"])
-    entry = PatchSelCodec.fit(cfg, command="python -m splitbench.train codec=patchsel (test)")
-    assert (tmp_path / entry["file"]).exists() and entry["steps"] == 2
-    assert "vit_fmnist_patchdrop" in load_manifest(tmp_path)
-    assert 0 <= entry["metrics"]["accuracy"] <= 1 and entry["metrics"]["bytes_per_image"] >= 0

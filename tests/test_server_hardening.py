@@ -52,7 +52,7 @@ def test_what_mode_live_sends_is_accepted_and_server_options_are_not():
     for name, options, needle in [("frankensplit", {"arch": {"channels": [2048, 2048]}}, "codec.arch is fixed"),
                                   ("elic", {"checkpoint": "/etc/passwd"}, "codec.checkpoint is fixed"),
                                   ("bmshj2018", {"N": 4096}, "codec.N is fixed"),
-                                  ("tofc", {"train_steps": 10**9}, "codec.train_steps is fixed"),
+                                  ("tofc", {"train": {"steps": 10**9}}, "codec.train is fixed"),
                                   ("jpeg", {"quality": [75]}, "must be a number"),
                                   ("frankensplit", {"lmbda": 1e300}, "must be a number")]:
         with pytest.raises(ConfigError, match=needle):

@@ -4,7 +4,7 @@ FrankenSplit (Furutanpey et al., arXiv 2302.10681, IEEE TMC 2024) replaces the s
 frozen server backbone with a tiny device encoder and a compressai entropy model; a server decoder
 reconstructs the head's output (here: the server ViT's tokens after block ``split``, class token
 included) and the frozen tail finishes the task. See ``model.py`` for the networks, ``wire.py``
-for the payload format and ``fit.py`` for training (``python -m splitbench.train codec=frankensplit``).
+for the payload format and ``train.py`` for training (``python -m splitbench.train codec=frankensplit``).
 
 Options (``codec.*``):
 
@@ -14,11 +14,11 @@ Options (``codec.*``):
   hyperprior: ``EntropyBottleneck`` for z + ``GaussianConditional`` for y).
 * ``split``: the server ViT block whose output the decoder reconstructs (default 1).
 * ``checkpoint``: a path to your own weights instead of the shipped ones (same ``arch``).
-* ``arch``: encoder/decoder widths (must match the checkpoint); ``fit``: training settings.
+* ``arch``: encoder/decoder widths (must match the checkpoint); ``train``: training settings
+  (``codec.train.*``, read by training only).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,26 +26,16 @@ import torch
 from splitbench.codecs import Codec, Payload, register_codec
 from splitbench.codecs.bitstream import put_varint
 from splitbench.codecs.rans import check_latent, max_stream_bytes, table_max_value
-from splitbench.errors import CheckpointError, ConfigError, PayloadError
-from splitbench.models.checkpoints import load_manifest, load_shipped, load_user_checkpoint, sha256_file
+from splitbench.errors import ConfigError, PayloadError
 from splitbench.models.vit import vit_logits_from
 
-from .fit import fit_settings
 from .model import PRIORS, Arch, FrankenSplitNet
 from .wire import CHECK_BYTES, NAME, pack_strings, padded, unpack_strings
 
 
 def checkpoint_name(prior: str, split: int, lmbda: float) -> str:
-    """Manifest name of an operating point, e.g. ``frankensplit_l0.032`` or ``frankensplit_hp_l0.064``."""
+    """File name of a trained operating point, e.g. ``frankensplit_l0.032`` or ``frankensplit_hp_l0.064``."""
     return NAME + ("_hp" if prior == "hyperprior" else "") + (f"_s{split}" if split != 1 else "") + f"_l{lmbda:g}"
-
-
-def shipped_points(prior: str, split: int, directory: Path | None = None) -> list[float]:
-    """Lambdas with a shipped checkpoint for this prior and split."""
-    manifest = load_manifest(directory) if directory else load_manifest()
-    return sorted(e["lmbda"] for n, e in manifest.items()
-                  if e.get("kind") == "codec" and e.get("codec") == NAME
-                  and n == checkpoint_name(prior, split, e["lmbda"]))
 
 
 def build_arch(prior: str, split: int, arch: dict[str, Any] | None, lmbda: float = 1.0) -> Arch:
@@ -70,6 +60,23 @@ def build_arch(prior: str, split: int, arch: dict[str, Any] | None, lmbda: float
     return built
 
 
+def check_server(a: Arch, task: Any) -> None:
+    """The server model must be the grey ViT (grid, width, blocks) this arch was built for."""
+    net = getattr(task, "net", None)
+    blocks = getattr(net, "blocks", None)
+    if blocks is None or not hasattr(net, "patch_embed"):
+        raise ConfigError(f"{NAME} cuts a timm VisionTransformer server model (model=vit_fmnist); "
+                          f"{getattr(task, 'name', task)!r} is not one")
+    grid = tuple(net.patch_embed.grid_size)
+    if (grid != (a.grid, a.grid) or net.embed_dim != a.dim or task.input_size[0] != 1
+            or net.num_prefix_tokens + a.grid * a.grid != a.tokens):
+        raise ConfigError(f"{NAME} checkpoint was trained for a {a.grid}x{a.grid}-patch grey ViT of width {a.dim}; "
+                          f"model {task.name!r} has a {grid[0]}x{grid[1]} grid, width {net.embed_dim}, "
+                          f"{task.input_size[0]} channel(s)")
+    if not 0 <= a.split < len(blocks):
+        raise ConfigError(f"codec.split={a.split} is outside the server ViT's blocks 0..{len(blocks) - 1}")
+
+
 @register_codec(NAME)
 class FrankenSplitCodec(Codec):
     """Device: tiny conv encoder + range coder. Server: token decoder + frozen ViT tail."""
@@ -77,70 +84,24 @@ class FrankenSplitCodec(Codec):
 
     def __init__(self, lmbda: float = 0.128, prior: str = "factorized", split: int = 1,
                  checkpoint: str | None = None, arch: dict[str, Any] | None = None,
-                 fit: dict[str, Any] | None = None) -> None:
+                 train: dict[str, Any] | None = None) -> None:
         self.arch = build_arch(prior, split, arch, lmbda)
         self.lmbda, self.prior, self.split = float(lmbda), prior, split
-        self.fit_options = fit_settings(dict(fit or {}))  # validated here, used by fit only
+        weights = self.weights(NAME, {"prior": prior, "split": split, "lmbda": self.lmbda}, checkpoint,
+                               f"codec.prior={prior} codec.split={split} codec.lmbda={self.lmbda:g}")
+        weights.check_arch(self.arch.to_dict(), family=NAME)
         net = FrankenSplitNet(self.arch)
-        self._fingerprint = self._load(net, checkpoint)
-        self._setup(net)
-
-    # -- construction ---------------------------------------------------------------------
-    def _load(self, net: FrankenSplitNet, checkpoint: str | None) -> str:
-        if checkpoint is not None:
-            state, fingerprint = load_user_checkpoint(checkpoint), sha256_file(Path(checkpoint))
-            where = f"checkpoint {checkpoint!r}"
-        else:
-            name = checkpoint_name(self.prior, self.split, self.lmbda)
-            if name not in load_manifest():
-                points = shipped_points(self.prior, self.split)
-                raise CheckpointError(
-                    f"no shipped {NAME} checkpoint for prior={self.prior} split={self.split} lmbda={self.lmbda:g}; "
-                    f"shipped lmbda: {', '.join(f'{p:g}' for p in points) or '(none)'}; pass codec.checkpoint=PATH "
-                    f"or train it: python -m splitbench.train codec={NAME} codec.prior={self.prior} "
-                    f"codec.split={self.split} codec.lmbda={self.lmbda:g}")
-            state, entry = load_shipped(name)
-            if entry.get("arch") != self.arch.to_dict():
-                raise CheckpointError(f"codec.arch {self.arch.to_dict()} differs from the arch shipped {name!r} was "
-                                      f"trained with {entry.get('arch')}")
-            fingerprint, where = entry["sha256"], f"shipped checkpoint {name!r}"
         try:
-            net.load_weights(state)
+            net.load_weights(weights.state)
         except (KeyError, RuntimeError) as err:
-            raise CheckpointError(f"{where} does not fit {NAME} with arch {self.arch.to_dict()}: "
-                                  f"{str(err).splitlines()[0]}") from None
-        return fingerprint
-
-    def _setup(self, net: FrankenSplitNet) -> None:
+            raise weights.misfit(f"{NAME} with arch {self.arch.to_dict()}", str(err)) from None
+        self._fingerprint = weights.fingerprint
         self.net = net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
 
-    @classmethod
-    def from_net(cls, net: FrankenSplitNet, lmbda: float, fingerprint: str = "in-memory") -> "FrankenSplitCodec":
-        """A codec around a network being trained (fit's evaluation), no checkpoint involved."""
-        codec = cls.__new__(cls)
-        codec.lmbda, codec.prior, codec.split, codec.arch = float(lmbda), net.arch.prior, net.arch.split, net.arch
-        codec.fit_options, codec._fingerprint = {}, fingerprint
-        codec._options = {"lmbda": lmbda, "prior": net.arch.prior, "split": net.arch.split}
-        codec._setup(net)
-        return codec
-
     def bind(self, task: Any) -> None:
-        net = getattr(task, "net", None)
-        blocks = getattr(net, "blocks", None)
-        a = self.arch
-        if blocks is None or not hasattr(net, "patch_embed"):
-            raise ConfigError(f"{NAME} cuts a timm VisionTransformer server model (model=vit_fmnist); "
-                              f"{getattr(task, 'name', task)!r} is not one")
-        grid = tuple(net.patch_embed.grid_size)
-        if (grid != (a.grid, a.grid) or net.embed_dim != a.dim or task.input_size[0] != 1
-                or net.num_prefix_tokens + a.grid * a.grid != a.tokens):
-            raise ConfigError(f"{NAME} checkpoint was trained for a {a.grid}x{a.grid}-patch grey ViT of width {a.dim}; "
-                              f"model {task.name!r} has a {grid[0]}x{grid[1]} grid, width {net.embed_dim}, "
-                              f"{task.input_size[0]} channel(s)")
-        if not 0 <= self.split < len(blocks):
-            raise ConfigError(f"codec.split={self.split} is outside the server ViT's blocks 0..{len(blocks) - 1}")
+        check_server(self.arch, task)
         super().bind(task)
 
     # -- the four stages ----------------------------------------------------------------
@@ -190,19 +151,15 @@ class FrankenSplitCodec(Codec):
                                f"split={self.split}" if self.split != 1 else "") if v]
         return NAME + (f" ({', '.join(variant)})" if variant else "")
 
-    def options(self) -> dict[str, Any]:
-        # training settings do not change what the codec measures; the checkpoint hash does
-        return {k: v for k, v in super().options().items() if k != "fit"}
-
     def fingerprint(self) -> dict[str, Any]:
         return {"checkpoint": self._fingerprint}
 
     @classmethod
-    def fit(cls, cfg: Any, command: str) -> dict[str, Any]:
-        """``python -m splitbench.train codec=frankensplit codec.lmbda=...``: head distillation."""
-        from .fit import fit
+    def trainer(cls, cfg: Any) -> Any:
+        """``python -m splitbench.train codec=frankensplit codec.lmbda=...``: head distillation (train.py)."""
+        from .train import FrankenSplitTrainer
 
-        return fit(cls, cfg, command)
+        return FrankenSplitTrainer(cls, cfg)
 
 
-__all__ = ["FrankenSplitCodec", "checkpoint_name", "shipped_points"]
+__all__ = ["FrankenSplitCodec", "checkpoint_name"]

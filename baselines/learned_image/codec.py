@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -35,14 +34,12 @@ from compressai.entropy_models import EntropyBottleneck
 
 from splitbench.codecs import Codec, Payload, register_codec
 from splitbench.codecs.rans import max_stream_bytes, table_max_value
-from splitbench.errors import CheckpointError, ConfigError, PayloadError
-from splitbench.models.checkpoints import load_manifest, load_shipped, load_user_checkpoint, sha256_file
-from splitbench.paths import CHECKPOINT_DIR
+from splitbench.errors import ConfigError, PayloadError
+from splitbench.metrics import psnr
 
 from . import nets
 from .stream import CdfTable, LatentCoder
 
-PSNR_CAP = 100.0  # dB, for a lossless reconstruction (keeps means finite)
 
 
 @dataclass
@@ -62,18 +59,8 @@ class Decoded:
 
 
 def shipped_name(family: str, lmbda: float) -> str:
+    """File name of a trained rate point, e.g. ``elic_lmbda0.0067``."""
     return f"{family}_lmbda{lmbda:g}"
-
-
-def shipped_points(family: str, directory: Path = CHECKPOINT_DIR) -> dict[float, str]:
-    """{lambda: manifest name} of the shipped rate points of one codec family."""
-    return {float(e["lmbda"]): name for name, e in sorted(load_manifest(directory).items())
-            if e.get("kind") == "learned_image_codec" and e.get("codec") == family and "lmbda" in e}
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0 ** 2 / mse))
 
 
 class LearnedImageCodec(Codec):
@@ -92,12 +79,10 @@ class LearnedImageCodec(Codec):
         self.lmbda = float(lmbda)
         self.checkpoint = checkpoint
         self.arch = arch
-        if checkpoint is not None:
-            state = load_user_checkpoint(checkpoint)
-            self.net = self.net_from_state(state, repr(str(checkpoint)))
-            self._weights = sha256_file(Path(checkpoint))
-        else:
-            self._load_shipped()
+        weights = self.weights(self.family, {"lmbda": self.lmbda}, checkpoint, f"codec.lmbda={self.lmbda:g}")
+        weights.check_arch(arch, self.train_arch_keys, family=self.family)
+        self.net = self.net_from_state(weights.state, weights.source)
+        self._weights = weights.fingerprint
         self._pending: dict[bytes, list[tuple[torch.Tensor, dict[str, float]]]] = {}
         self._freeze()
 
@@ -107,33 +92,6 @@ class LearnedImageCodec(Codec):
         self.net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
-
-    def _load_shipped(self) -> None:
-        points = shipped_points(self.family)
-        if self.lmbda not in points:
-            have = ", ".join(f"{p:g}" for p in sorted(points)) or "(none)"
-            raise CheckpointError(
-                f"no shipped {self.family} checkpoint for codec.lmbda={self.lmbda:g}; shipped lambdas: {have}; "
-                f"train one with: python -m splitbench.train codec={self.family} codec.lmbda={self.lmbda:g}, "
-                f"or pass codec.checkpoint=PATH")
-        state, entry = load_shipped(points[self.lmbda])
-        trained = {k: entry.get("arch", {}).get(k) for k in self.train_arch_keys}
-        wanted = {k: self.arch[k] for k in self.train_arch_keys}
-        if trained != wanted:
-            raise CheckpointError(f"the shipped {self.family} lambda={self.lmbda:g} checkpoint was trained with "
-                                  f"{trained}, the config asks for {wanted}; use the shipped values or train "
-                                  f"your own (python -m splitbench.train codec={self.family} ...)")
-        self.net = self.net_from_state(state, f"{entry['file']} (shipped)")
-        self._weights = entry["sha256"]
-
-    @classmethod
-    def from_net(cls, net: nn.Module, lmbda: float, options: dict[str, Any], weights: str) -> "LearnedImageCodec":
-        """A codec around an in-memory network (training evaluates its result through this)."""
-        codec = cls.__new__(cls)
-        codec.lmbda, codec.checkpoint, codec.arch, codec.net = float(lmbda), None, dict(net.arch), net.eval()
-        codec._weights, codec._pending, codec._options = weights, {}, dict(options)
-        codec._freeze()
-        return codec
 
     # subclass hooks
     def net_from_state(self, state: dict[str, torch.Tensor], source: str) -> nn.Module:
@@ -277,11 +235,11 @@ class LearnedImageCodec(Codec):
 
     # -- training -----------------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, cfg: Any, command: str) -> dict[str, Any]:
-        """``python -m splitbench.train codec=<family> codec.lmbda=...`` (see fit.py)."""
-        from .fit import fit_codec
+    def trainer(cls, cfg: Any) -> Any:
+        """``python -m splitbench.train codec=<family> codec.lmbda=...`` (see train.py)."""
+        from .train import LearnedImageTrainer
 
-        return fit_codec(cls, cfg, command)
+        return LearnedImageTrainer(cls, cfg)
 
     # -- description ---------------------------------------------------------------------------------------
     def rate_point(self) -> str:
@@ -289,9 +247,6 @@ class LearnedImageCodec(Codec):
             a = self.net.arch
             return f"ckpt N{a['N']}/M{a['M']}"
         return f"lmbda={self.lmbda:g}"
-
-    def options(self) -> dict[str, Any]:
-        return {k: v for k, v in super().options().items() if k != "train"}  # training knobs only
 
     def fingerprint(self) -> dict[str, Any]:
         return {"weights": self._weights, "arch": self.net.arch}

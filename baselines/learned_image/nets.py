@@ -151,11 +151,11 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     try:
         missing, unexpected = nn.Module.load_state_dict(net, state, strict=False)
     except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(f"checkpoint {source} does not fit {type(net).__name__} {net.arch}: "
+        raise CheckpointError(f"{source} does not fit {type(net).__name__} {net.arch}: "
                               f"{str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}") from None
     missing = [k for k in missing if k in params]
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {source} does not fit {type(net).__name__} {net.arch}: "
+        raise CheckpointError(f"{source} does not fit {type(net).__name__} {net.arch}: "
                               f"{len(missing)} missing weights (e.g. {missing[:2]}), {len(unexpected)} "
                               f"unexpected keys (e.g. {unexpected[:2]})")
     net.update(force=True)
@@ -181,14 +181,14 @@ def infer_elic_arch(state: dict[str, torch.Tensor], source: str) -> dict[str, An
         return dict(N=int(convs[0].shape[0]), M=int(convs[-1].shape[0]), stages=len(convs),
                     channels=int(convs[0].shape[1]), groups=groups, context=list(ctx))
     except (KeyError, IndexError) as err:
-        raise CheckpointError(f"checkpoint {source} is not an ELIC state dict (compressai Elic2022Official "
+        raise CheckpointError(f"{source} is not an ELIC state dict (compressai Elic2022Official "
                               f"layout expected; missing {err})") from None
 
 
 def infer_bmshj_arch(state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
     convs = _direct_convs(state, "g_a")
     if not convs or "entropy_bottleneck.quantiles" not in state:
-        raise CheckpointError(f"checkpoint {source} is not a bmshj2018-hyperprior (ScaleHyperprior) state dict")
+        raise CheckpointError(f"{source} is not a bmshj2018-hyperprior (ScaleHyperprior) state dict")
     return dict(N=int(convs[0].shape[0]), M=int(convs[-1].shape[0]), stages=len(convs),
                 channels=int(convs[0].shape[1]))
 

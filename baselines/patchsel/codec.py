@@ -22,7 +22,7 @@ import torch
 from splitbench.codecs import Codec, Payload, register_codec
 from splitbench.errors import ConfigError, PayloadError
 from splitbench.models import TaskModel, build_model
-from splitbench.models.checkpoints import load_shipped
+from splitbench.zoo import resolve
 
 from .attention import SCORES, EdgeOutput, edge_forward
 from .policy import GATES, SELECTIONS, select, uncertainty
@@ -107,7 +107,7 @@ class PatchSelCodec(EdgeCodec):
                  selection: str = "cumulative", k: int = 16, threshold: float = 0.02,
                  score: str = "cls_attention", pixels: str = "lossless", quality: int = 75,
                  abbreviated: bool = True, edge_model: str = "vit_edge", edge_checkpoint: str | None = None,
-                 server_weights: str | None = None) -> None:
+                 server_weights: str | None = None, train: dict[str, Any] | None = None) -> None:
         self.eta = _number("eta", eta, 0.0, math.inf)
         self.delta = _number("delta", delta, 0.0, 1.0)
         self.gate = _choice("gate", gate, GATES)
@@ -126,11 +126,7 @@ class PatchSelCodec(EdgeCodec):
         self._jpeg = JpegPixels(self.quality, self.abbreviated)
         super().__init__(edge_model, edge_checkpoint)
         self.edge_grid = grid_of(self.edge.net, self.edge.input_size, f"edge model {edge_model!r}")
-        self._server_state: dict[str, torch.Tensor] | None = None
-        self._server_sha = None
-        if server_weights is not None:
-            self._server_state, entry = load_shipped(server_weights)
-            self._server_sha = entry["sha256"]
+        self._server_weights = resolve(name=server_weights) if server_weights is not None else None
 
     # -- binding -----------------------------------------------------------------------------------
     def bind(self, task: TaskModel) -> None:
@@ -140,10 +136,10 @@ class PatchSelCodec(EdgeCodec):
             raise ConfigError(f"the edge model's patch grid {self.edge_grid} differs from the server model "
                               f"{task.name!r}'s {self.grid}; patchsel needs the same grid on both ends")
         self.server_net = task.net
-        if self._server_state is not None:
+        if self._server_weights is not None:
             self.server_net = copy.deepcopy(task.net)
             try:
-                self.server_net.load_state_dict(self._server_state, strict=True)
+                self.server_net.load_state_dict(self._server_weights.state, strict=True)
             except RuntimeError as err:
                 raise ConfigError(f"codec.server_weights={self.server_weights!r} does not fit server model "
                                   f"{task.name!r}: {str(err).splitlines()[0]}") from None
@@ -224,11 +220,12 @@ class PatchSelCodec(EdgeCodec):
         return f"patchsel ({rule})"
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "server_weights": self._server_sha}
+        sha = self._server_weights.fingerprint if self._server_weights is not None else None
+        return {**super().fingerprint(), "server_weights": sha}
 
     @classmethod
-    def fit(cls, cfg: Any, command: str) -> dict[str, Any]:
-        """Fine-tune the server ViT for kept-patch inputs (optional; see finetune.py)."""
-        from .finetune import fit
+    def trainer(cls, cfg: Any) -> Any:
+        """Fine-tune the server ViT for kept-patch inputs (optional; see train.py)."""
+        from .train import PatchDropTrainer
 
-        return fit(cls, cfg, command)
+        return PatchDropTrainer(cls, cfg)

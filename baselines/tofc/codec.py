@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,9 +31,7 @@ from torch import nn
 
 from splitbench.codecs import Codec, Payload, register_codec
 from splitbench.errors import CheckpointError, ConfigError, PayloadError
-from splitbench.models.checkpoints import load_manifest, load_shipped, load_user_checkpoint, sha256_file
 from splitbench.models.vit import vit_logits_from, vit_tokens_until
-from splitbench.paths import CHECKPOINT_DIR
 
 from .coder import TokenCoder
 from .dpc_knn import dpc_knn_merge
@@ -46,7 +43,7 @@ TRANSFORMS = ("pca", "none")
 
 def checkpoint_name(split: int, n_clusters: int, n_experts: int, distribution: str, lmbda: float,
                     finetune_tail: bool = False, transform: str = "pca") -> str:
-    """Manifest name of the checkpoint trained with these options."""
+    """File name of a checkpoint trained with these options (the zoo finds it by its point)."""
     return (f"tofc_s{split}_c{n_clusters}_e{n_experts}_{distribution[:3]}_l{lmbda:g}"
             + ("_ft" if finetune_tail else "") + ("_notf" if transform == "none" else ""))
 
@@ -73,9 +70,8 @@ class TofcCodec(Codec):
     def __init__(self, split: int = 3, n_clusters: int = 8, k: int = 5, entropy: str = "hyperprior",
                  distribution: str = "laplace", n_experts: int = 4, lmbda: float = 0.002,
                  checkpoint: str | None = None, finetune_tail: bool = False,
-                 transform: str = "pca", q_step: float = 1.0, hyper_channels: int = 8, hidden: int = 64,
-                 temperature: float = 1.0, balance_alpha: float = 1.0, train_steps: int = 800,
-                 train_images: int = 24000) -> None:
+                 transform: str = "pca", hyper_channels: int = 8, hidden: int = 64,
+                 train: dict[str, Any] | None = None) -> None:
         _check(isinstance(split, int) and split >= 0, "split", split, "an integer >= 0")
         _check(isinstance(n_clusters, int) and n_clusters >= 1, "n_clusters", n_clusters, "an integer >= 1")
         _check(isinstance(k, int) and k >= 1, "k", k, "an integer >= 1")
@@ -84,19 +80,13 @@ class TofcCodec(Codec):
         _check(isinstance(n_experts, int) and n_experts >= 1, "n_experts", n_experts, "an integer >= 1")
         _check(isinstance(lmbda, (int, float)) and lmbda >= 0, "lmbda", lmbda, "a number >= 0")
         _check(transform in TRANSFORMS, "transform", transform, f"one of {', '.join(TRANSFORMS)}")
-        _check(isinstance(q_step, (int, float)) and q_step > 0, "q_step", q_step, "a number > 0")
-        _check(isinstance(temperature, (int, float)) and temperature > 0, "temperature", temperature, "> 0")
-        for key, value in (("hyper_channels", hyper_channels), ("hidden", hidden), ("train_steps", train_steps),
-                           ("train_images", train_images)):
+        for key, value in (("hyper_channels", hyper_channels), ("hidden", hidden)):
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, value, "an integer >= 1")
-        _check(isinstance(balance_alpha, (int, float)) and balance_alpha >= 0, "balance_alpha", balance_alpha, "a number >= 0")
         self.split, self.n_clusters, self.k = split, n_clusters, k
         self.entropy, self.distribution, self.n_experts = entropy, distribution, n_experts
         self.lmbda, self.checkpoint, self.finetune_tail = float(lmbda), checkpoint, bool(finetune_tail)
         self.transform = transform
-        self.q_step, self.hyper_channels, self.hidden = float(q_step), hyper_channels, hidden
-        self.temperature, self.balance_alpha, self.train_steps = float(temperature), float(balance_alpha), train_steps
-        self.train_images = train_images
+        self.hyper_channels, self.hidden = hyper_channels, hidden
         self.coder: TokenCoder | None = None
         self.tail_state: dict[str, torch.Tensor] | None = None
         self._sha = ""
@@ -110,34 +100,24 @@ class TofcCodec(Codec):
         return checkpoint_name(self.split, self.n_clusters, self.n_experts, self.distribution, self.lmbda,
                                self.finetune_tail, self.transform)
 
-    def new_model(self, dim: int) -> SelectiveHyperprior:
-        return SelectiveHyperprior(dim, self.hyper_channels, self.hidden, self.n_experts, self.distribution,
-                                   self.q_step, self.transform)
+    @property
+    def point(self) -> dict[str, Any]:
+        """The options that pick a shipped checkpoint (its zoo point)."""
+        return {"split": self.split, "n_clusters": self.n_clusters, "n_experts": self.n_experts,
+                "distribution": self.distribution, "lmbda": self.lmbda, "finetune_tail": self.finetune_tail,
+                "transform": self.transform}
 
     def _load(self) -> None:
-        if self.checkpoint is not None:
-            state = load_user_checkpoint(self.checkpoint)
-            self._sha = sha256_file(Path(self.checkpoint))
-            arch = {"hyper_channels": self.hyper_channels, "hidden": self.hidden}
-        else:
-            manifest = load_manifest(CHECKPOINT_DIR)
-            if self.ckpt_name not in manifest:
-                shipped = sorted(n for n in manifest if n.startswith("tofc_"))
-                raise CheckpointError(
-                    f"no shipped tofc checkpoint {self.ckpt_name!r} for these options (split, n_clusters, "
-                    f"n_experts, distribution, lmbda, finetune_tail); shipped: {', '.join(shipped) or '(none)'}; "
-                    f"train one with: python -m splitbench.train codec=tofc codec.n_clusters={self.n_clusters} "
-                    f"codec.lmbda={self.lmbda:g} ...  or pass codec.checkpoint=PATH")
-            state, entry = load_shipped(self.ckpt_name)
-            self._sha = entry["sha256"]
-            arch = entry.get("arch", {})
-            if arch.get("k", self.k) != self.k:
-                raise ConfigError(f"codec.k={self.k} differs from the k={arch['k']} that {self.ckpt_name!r} "
-                                  f"was trained with")
+        weights = self.weights("tofc", self.point, self.checkpoint,
+                               f"codec.n_clusters={self.n_clusters} codec.lmbda={self.lmbda:g} ...")
+        state, self._sha = weights.state, weights.fingerprint
+        arch = weights.arch or {"hyper_channels": self.hyper_channels, "hidden": self.hidden}
+        if arch.get("k", self.k) != self.k:
+            raise ConfigError(f"codec.k={self.k} differs from the k={arch['k']} that {weights.source} was trained with")
         tail = {k[len("tail."):]: v for k, v in state.items() if k.startswith("tail.")}
         model_state = {k: v for k, v in state.items() if not k.startswith("tail.")}
         if "shift" not in model_state:
-            raise CheckpointError(f"tofc checkpoint {self.checkpoint or self.ckpt_name!r} holds no entropy model")
+            raise weights.misfit("tofc", "it holds no entropy model")
         dim = model_state["shift"].numel()
         model = SelectiveHyperprior(dim, int(arch.get("hyper_channels", self.hyper_channels)),
                                     int(arch.get("hidden", self.hidden)), self.n_experts, self.distribution)
@@ -145,13 +125,13 @@ class TofcCodec(Codec):
         missing = [k for k in missing if k.rsplit(".", 1)[-1] not in
                    ("_offset", "_quantized_cdf", "_cdf_length", "scale_table", "scale_bound")]
         if missing or unexpected:
-            raise CheckpointError(f"tofc checkpoint {self.checkpoint or self.ckpt_name!r} does not fit "
-                                  f"(n_experts={self.n_experts}, distribution={self.distribution}): "
-                                  f"{len(missing)} missing, {len(unexpected)} unexpected keys")
+            raise weights.misfit(f"tofc with n_experts={self.n_experts}, distribution={self.distribution}",
+                                 f"{len(missing)} missing, {len(unexpected)} unexpected keys")
         if self.finetune_tail and not tail:
-            raise CheckpointError(f"codec.finetune_tail=true but {self.ckpt_name!r} ships no tail weights")
+            raise CheckpointError(f"codec.finetune_tail=true but {weights.source} holds no tail weights")
         self.tail_state = tail or None
-        self.coder = TokenCoder(model, tag=bytes.fromhex(self._sha[:16]) if len(self._sha) >= 16
+        hexa = len(self._sha) >= 16 and all(ch in "0123456789abcdef" for ch in self._sha[:16])
+        self.coder = TokenCoder(model, tag=bytes.fromhex(self._sha[:16]) if hexa  # in-memory weights: hash the tag
                                 else hashlib.sha256(self._sha.encode()).digest()[:8])
 
     def fingerprint(self) -> dict[str, Any]:
@@ -239,8 +219,8 @@ class TofcCodec(Codec):
 
     # -- training --------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, cfg: Any, command: str) -> dict[str, Any]:
+    def trainer(cls, cfg: Any) -> Any:
         """``python -m splitbench.train codec=tofc ...`` (see baselines/tofc/train.py)."""
-        from .train import fit
+        from .train import TofcTrainer
 
-        return fit(cls, cfg, command)
+        return TofcTrainer(cls, cfg)

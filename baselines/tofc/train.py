@@ -4,38 +4,39 @@
 
 The device half (ViT blocks before the split, DPC-KNN) is fixed and training-free; the entropy
 model (steps, hyperprior, experts, router) trains, and with ``codec.finetune_tail=true`` a copy of
-the server tail too. The loss is ``CE + lmbda * bits/image + balance_alpha * balance``; bits are
-the soft expert mixture's estimate (see entropy.py). Steps: ``codec.train_steps`` (or
-``train.max_steps``), Adam at ``train.lr`` with warmup + cosine; batch ``train.batch_size``.
-The shipped entry's metrics come from the real encode -> bytes -> decode path on the 10k test set
-with the fp16 weights exactly as shipped.
+the server tail too (at a tenth of the learning rate). The loss is ``CE + lmbda * bits/image +
+balance_alpha * balance``; bits are the soft expert mixture's estimate (see entropy.py). Batches
+come from the cached, merged tokens of ``images`` seeded-random training images, not from images.
+Settings: ``codec.train.*`` (DEFAULTS below).
 """
 from __future__ import annotations
 
 import copy
 import os
-import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
-from omegaconf import OmegaConf
-from tqdm import tqdm
 
-from splitbench.data import build_dataset
 from splitbench.errors import ConfigError
-from splitbench.models import build_model
-from splitbench.models.checkpoints import save_shipped
 from splitbench.models.vit import vit_logits_from, vit_tokens_until
-from splitbench.paths import CHECKPOINT_DIR
 from splitbench.paths import cache_dir
-from splitbench.training import evaluate_codec, loader, seed_everything, warmup_cosine
+from splitbench.train import Step, TrainSetup, codec_options, evaluate_codec, loader, settings
+from splitbench.zoo import Weights
 
-from .coder import TokenCoder
 from .dpc_knn import dpc_knn_merge
-from .entropy import shipped_state
+from .entropy import SelectiveHyperprior, shipped_state
 
 INIT_IMAGES = 512  # images whose tokens set the quantiser's shift and initial steps
+DEFAULTS: dict[str, Any] = {
+    "steps": 800,            # optimiser steps (train.max_steps overrides)
+    "batch_size": 128,
+    "lr": 0.002,             # Adam (tail: lr / 10), warm-up over steps / 20, cosine decay
+    "images": 24000,         # seeded-random training images whose split tokens are cached once
+    "q_step": 1.0,           # initial quantisation step of every component, in token units (then learned)
+    "temperature": 1.0,      # router softmax temperature in training (inference: argmax)
+    "balance_alpha": 1.0,    # load-balance weight: alpha * sum_e (mean weight_e - 1/n_e)^2
+    "aux_lr": 1e-3,          # entropy-bottleneck quantiles
+}
 
 
 @torch.inference_mode()
@@ -64,106 +65,104 @@ def head_tokens(codec: Any, task: Any, dataset: Any, n: int, seed: int) -> tuple
     return out["tokens"], out["labels"]
 
 
-def fit(cls: Any, cfg: Any, command: str) -> dict[str, Any]:
-    t = cfg.train
-    options = {k: v for k, v in OmegaConf.to_container(cfg.codec, resolve=True).items() if k != "name"}
-    if options.get("entropy", "hyperprior") != "hyperprior":
-        raise ConfigError("codec.entropy=none (fp16 tokens) has nothing to train; train with entropy=hyperprior")
-    if options.get("checkpoint") is not None:
-        raise ConfigError("codec.checkpoint is for loading; training writes checkpoints/<name>.pt "
-                          "(train.out_dir / train.save_as choose where and under which name)")
-    codec = cls(**{**options, "entropy": "none"})  # no checkpoint to load yet
-    codec.entropy = "hyperprior"
-    gen = seed_everything(t.seed)
-    task = build_model(OmegaConf.to_container(cfg.model, resolve=True))
-    codec.bind(task)
-    dim = task.net.embed_dim
-    train_set = build_dataset(cfg.data, split="train")
-    test_set = build_dataset(cfg.data, split="test")
-    steps = int(t.max_steps) if t.max_steps is not None else int(codec.train_steps)
-    n_train = min(int(codec.train_images), len(train_set))
+class TofcTrainer:
+    def __init__(self, cls: Any, cfg: Any) -> None:
+        self.cls, self.cfg = cls, cfg
+        self.settings = settings(cfg.codec.get("train"), DEFAULTS)
+        self.options = codec_options(cfg)
+        if self.options.get("entropy", "hyperprior") != "hyperprior":
+            raise ConfigError("codec.entropy=none (fp16 tokens) has nothing to train; train with entropy=hyperprior")
+        if self.options.get("checkpoint") is not None:
+            raise ConfigError("codec.checkpoint is for loading; training writes <run_dir>/<name>.pt "
+                              "(train.ship=true also into checkpoints/)")
+        self.codec = cls(**{**self.options, "entropy": "none"})  # the options checked; nothing to load
+        s = self.settings
+        for key in ("steps", "batch_size", "images"):
+            if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
+                raise ConfigError(f"codec.train.{key} for tofc must be an integer >= 1, got {s[key]!r}")
+        for key, low in (("q_step", 0.0), ("temperature", 0.0)):
+            if isinstance(s[key], bool) or not isinstance(s[key], (int, float)) or not s[key] > low:
+                raise ConfigError(f"codec.train.{key} for tofc must be a number > 0, got {s[key]!r}")
 
-    start = time.time()
-    heads = head_tokens(codec, task, train_set, n_train, t.seed)
-    with torch.no_grad():  # DPC-KNN is training-free: merge every cached image once
-        feats = torch.cat([dpc_knn_merge(heads[0][i:i + 500].float(), codec.n_clusters, codec.k).half()
-                           for i in range(0, n_train, 500)])
-    labels_all = heads[1]
-    model = codec.new_model(dim)
-    model.init_from_data(feats[:INIT_IMAGES].float().reshape(-1, dim))
+    def setup(self, ctx: Any) -> TrainSetup:
+        c, s = self.codec, self.settings
+        self.ctx, self.task = ctx, ctx.task()
+        c.bind(self.task)
+        self.dim = dim = self.task.net.embed_dim
+        self.n_train = n_train = min(int(s["images"]), len(ctx.train_set))
+        heads = head_tokens(c, self.task, ctx.train_set, n_train, ctx.seed)
+        with torch.no_grad():  # DPC-KNN is training-free: merge every cached image once
+            self.feats = torch.cat([dpc_knn_merge(heads[0][i:i + 500].float(), c.n_clusters, c.k).half()
+                                    for i in range(0, n_train, 500)])
+        self.labels = heads[1]
+        self.model = SelectiveHyperprior(dim, c.hyper_channels, c.hidden, c.n_experts, c.distribution,
+                                         float(s["q_step"]), c.transform)
+        self.model.init_from_data(self.feats[:INIT_IMAGES].float().reshape(-1, dim))
+        self.server = self.task.net
+        params = [p for n, p in self.model.named_parameters() if not n.endswith("quantiles")]
+        groups = [{"params": params, "lr": s["lr"]}]
+        modules = [self.model]
+        if c.finetune_tail:
+            self.server = copy.deepcopy(self.task.net)
+            tail = codec_tail(self.server, c.split)
+            for p in tail.parameters():
+                p.requires_grad_(True)
+            groups.append({"params": list(tail.parameters()), "lr": s["lr"] * 0.1})
+            modules.append(self.server)
+        self.bs = bs = min(int(s["batch_size"]), n_train)
+        steps = ctx.steps(s["steps"])
+        self.ce_fn = torch.nn.CrossEntropyLoss()
+        return TrainSetup(groups, steps=steps, lr=s["lr"], warmup=max(1, steps // 20),
+                          aux_params=[self.model.bottleneck.quantiles], aux_lr=s["aux_lr"],
+                          batches=self._batches(ctx.generator), modules=modules)
 
-    server = task.net
-    params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
-    groups = [{"params": params, "lr": t.lr}]
-    if codec.finetune_tail:
-        server = copy.deepcopy(task.net)
-        tail = codec_tail(server, codec.split)
-        for p in tail.parameters():
-            p.requires_grad_(True)
-        groups.append({"params": list(tail.parameters()), "lr": t.lr * 0.1})
-    opt = torch.optim.Adam(groups)
-    aux_opt = torch.optim.Adam([model.bottleneck.quantiles], lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 20)))
-    ce_fn = torch.nn.CrossEntropyLoss()
+    def _batches(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        """Indices into the cached tokens: a seeded permutation, reshuffled when it runs out."""
+        order, pos = torch.randperm(self.n_train, generator=gen), 0
+        while True:
+            if pos + self.bs > self.n_train:
+                order, pos = torch.randperm(self.n_train, generator=gen), 0
+            yield order[pos:pos + self.bs]
+            pos += self.bs
 
-    model.train()
-    server.train(codec.finetune_tail)
-    order = torch.randperm(n_train, generator=gen)
-    pos, bs = 0, min(int(t.batch_size), n_train)
-    with tqdm(total=steps, desc=f"train tofc {codec.rate_point()}", unit="step", dynamic_ncols=True,
-              mininterval=10) as bar:
-        for step in range(steps):
-            if pos + bs > n_train:
-                order, pos = torch.randperm(n_train, generator=gen), 0
-            batch = order[pos:pos + bs]
-            pos += bs
-            tokens_hat, bits, weights, _ = model(feats[batch].float(), codec.temperature)
-            logits = vit_logits_from(server, tokens_hat, codec.split)
-            ce = ce_fn(logits, labels_all[batch])
-            rate = bits.mean()
-            balance = model.balance_loss(weights) if model.n_experts > 1 else rate.new_zeros(())
-            loss = ce + codec.lmbda * rate + codec.balance_alpha * balance
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            aux_opt.zero_grad(set_to_none=True)
-            model.bottleneck.loss().backward()
-            aux_opt.step()
-            bar.update(1)
-            if step % 50 == 0 or step == steps - 1:
-                bar.set_postfix(ce=f"{ce.item():.3f}", bytes=f"{rate.item() / 8:.1f}", bal=f"{balance.item():.4f}")
-    minutes = (time.time() - start) / 60
+    def training_step(self, batch: torch.Tensor) -> Step:
+        c, s = self.codec, self.settings
+        tokens_hat, bits, weights, _ = self.model(self.feats[batch].float(), float(s["temperature"]))
+        logits = vit_logits_from(self.server, tokens_hat, c.split)
+        ce = self.ce_fn(logits, self.labels[batch])
+        rate = bits.mean()
+        balance = self.model.balance_loss(weights) if self.model.n_experts > 1 else rate.new_zeros(())
+        loss = ce + c.lmbda * rate + float(s["balance_alpha"]) * balance
+        return Step(loss, {"ce": ce.item(), "bytes": rate.item() / 8, "bal": balance.item()})
 
-    # the shipped state, and the metrics of exactly that state (fp16 round trip)
-    state = shipped_state(model)
-    if codec.finetune_tail:
-        state.update({f"tail.{k}": v for k, v in codec_tail(server, codec.split).state_dict().items()})
-    shipped = {k: (v.half().float() if v.is_floating_point() else v) for k, v in state.items()}
-    eval_model = codec.new_model(dim)
-    eval_model.load_state_dict({k: v for k, v in shipped.items() if not k.startswith("tail.")}, strict=False)
-    codec.coder = TokenCoder(eval_model, tag=b"training-eval")
-    if codec.finetune_tail:
-        codec.tail_state = {k[5:]: v for k, v in shipped.items() if k.startswith("tail.")}
-        codec.bind(task)
-    metrics = evaluate_codec(codec, test_set)
-    metrics["est_bytes_per_image"] = round(metrics.pop("est_bits_per_image") / 8, 2)
-    name = t.save_as or codec.ckpt_name
-    arch = {"split": codec.split, "n_clusters": codec.n_clusters, "k": codec.k, "n_experts": codec.n_experts,
-            "distribution": codec.distribution, "hyper_channels": codec.hyper_channels, "hidden": codec.hidden,
-            "dim": dim, "finetune_tail": codec.finetune_tail,
-            "transform": codec.transform, "train_images": n_train}
-    meta = {"kind": "codec", "codec": "tofc", "command": command, "arch": arch, "lmbda": codec.lmbda,
-            "data": f"{cfg.data.name} train split ({n_train} seeded-random of {len(train_set)} images, {steps} steps "
-                    f"x {bs}), "
-                    f"seed {t.seed}; server model {task.name} ({task.fingerprint[:12]})",
-            "metrics": metrics, "train_minutes_2cpu": round(minutes, 1), "steps": steps}
-    out = Path(t.out_dir) if t.out_dir else CHECKPOINT_DIR
-    entry = save_shipped(name, state, meta, directory=out)
-    print(f"{name}: test top-1 {metrics['test_top1']:.4f}, {metrics['bytes_per_image']:.1f} bytes/image "
-          f"(estimate {metrics['est_bytes_per_image']:.1f}) after {steps} steps ({minutes:.1f} min); "
-          f"saved {out / entry['file']} ({entry['size']} bytes) sha256 {entry['sha256'][:12]}")
-    return entry
+    def aux_loss(self) -> torch.Tensor:
+        return self.model.bottleneck.loss()
+
+    def exported_state(self) -> dict[str, torch.Tensor]:
+        state = shipped_state(self.model)
+        if self.codec.finetune_tail:
+            state.update({f"tail.{k}": v for k, v in codec_tail(self.server, self.codec.split).state_dict().items()})
+        return state
+
+    def arch(self) -> dict[str, Any]:
+        c = self.codec
+        return {"split": c.split, "n_clusters": c.n_clusters, "k": c.k, "n_experts": c.n_experts,
+                "distribution": c.distribution, "hyper_channels": c.hyper_channels, "hidden": c.hidden,
+                "dim": self.dim, "finetune_tail": c.finetune_tail, "transform": c.transform,
+                "train_images": self.n_train}
+
+    def evaluate(self, weights: Weights, ctx: Any) -> dict[str, Any]:
+        weights.arch = self.arch()
+        codec = self.cls.from_weights(weights, **self.options)
+        return evaluate_codec(codec, self.task, ctx.test_set(), batch_size=500)
+
+    def describe(self, ctx: Any) -> tuple[str, dict[str, Any]]:
+        c = self.codec
+        return c.ckpt_name, {
+            "kind": "codec", "family": "tofc", "point": c.point, "arch": self.arch(), "lmbda": c.lmbda,
+            "data": f"{ctx.cfg.data.name} train split ({self.n_train} seeded-random of {len(ctx.train_set)} images, "
+                    f"{ctx.steps(self.settings['steps'])} steps x {self.bs}), seed {ctx.seed}; server model "
+                    f"{self.task.name} ({self.task.fingerprint[:12]})"}
 
 
 def codec_tail(net: Any, split: int) -> Any:

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import TaskModel
+    from ..zoo import Weights
 
 
 class Payload:
@@ -123,8 +124,35 @@ class Codec(abc.ABC):
         return self.name
 
     def options(self) -> dict[str, Any]:
-        """The options this codec was created with (part of the record cache key)."""
-        return dict(getattr(self, "_options", {}))
+        """The options this codec was created with (part of the record cache key).
+
+        ``train`` (the ``codec.train.*`` settings) is left out: how weights were trained changes the
+        records only through the weights, whose fingerprint is in the key already.
+        """
+        return {k: v for k, v in getattr(self, "_options", {}).items() if k != "train"}
+
+    # -- weights -----------------------------------------------------------------------------
+    @classmethod
+    def from_weights(cls, weights: "Weights", **options: Any) -> "Codec":
+        """This codec with in-memory ``weights`` instead of the zoo's (training evaluates through it).
+
+        The ordinary ``__init__`` runs with ``options`` (every check included); only the codec's
+        call to :meth:`weights` returns ``weights`` instead of resolving a file.
+        """
+        codec = cls.__new__(cls)
+        codec._given_weights = weights
+        codec.__init__(**options)  # type: ignore[misc]
+        codec._options = dict(options)
+        return codec
+
+    def weights(self, family: str, point: dict[str, Any], checkpoint: Any = None, train_hint: str = "") -> "Weights":
+        """The weights this codec runs: given in memory, a user's ``checkpoint`` path, or the zoo's point."""
+        given = self.__dict__.pop("_given_weights", None)
+        if given is not None:
+            return given
+        from ..zoo import resolve
+
+        return resolve(family, point=point, path=checkpoint, train_hint=train_hint)
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything besides options that changes the records (e.g. checkpoint hashes)."""

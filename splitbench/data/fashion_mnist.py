@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import FashionMNIST
 
 from ..errors import ConfigError, DataError
-from ..models.checkpoints import sha256_file
+from ..zoo import sha256_file
 from ..paths import FASHION_MNIST_DIR, cache_dir
 from . import register_dataset
 

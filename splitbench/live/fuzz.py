@@ -102,7 +102,7 @@ def _structural_cases(max_frame: int) -> dict[str, Case]:
         "OPEN server-only options": lambda r: (b"", _open(*r.choice([
             ("frankensplit", {"arch": {"channels": [2048, 2048]}}), ("elic", {"checkpoint": "/etc/passwd"}),
             ("elic", {"N": 4096, "M": 4096}), ("bmshj2018", {"train": {"steps": 10**9}}),
-            ("tofc", {"train_steps": 10**9}), ("jpeg", {"quality": [1] * 1000}), ("jpeg", {"quality": 1e300}),
+            ("tofc", {"train": {"steps": 10**9}}), ("jpeg", {"quality": [1] * 1000}), ("jpeg", {"quality": 1e300}),
             ("patchsel", {"edge_checkpoint": "/dev/zero"}), ("jpeg", {"qualty": 5})]))),
         "DATA unopened id": lambda r: (b"", _header(FrameType.DATA, 100, codec_id=r.randint(0, 2**32 - 1))
                                        + r.randbytes(100)),

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..registry import Registry
-from .checkpoints import load_shipped, load_user_checkpoint, shipped_sha
+from ..zoo import Weights, resolve
 from .hub import offline_unless_reachable
 
 
@@ -98,13 +98,11 @@ def _timm_model(name: str, pretrained: bool = False, checkpoint: str | None = No
                                   f"model.checkpoint=PATH (a state dict) or model.pretrained=false") from None
     fingerprint = f"timm:{name}:pretrained={pretrained}"
     if checkpoint is not None:
-        state = load_user_checkpoint(checkpoint)
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        weights = resolve(path=checkpoint)
+        missing, unexpected = net.load_state_dict(weights.state, strict=False)
         if missing or unexpected:
-            raise CheckpointError(f"checkpoint {checkpoint!r} does not fit timm model {name!r}: "
-                                  f"{len(missing)} missing, {len(unexpected)} unexpected keys")
-        from .checkpoints import sha256_file
-        fingerprint = f"timm:{name}:{sha256_file(__import__('pathlib').Path(checkpoint))}"
+            raise weights.misfit(f"timm model {name!r}", f"{len(missing)} missing, {len(unexpected)} unexpected keys")
+        fingerprint = f"timm:{name}:{weights.fingerprint}"
     cfg = net.pretrained_cfg
     size = tuple(input_size) if input_size else tuple(cfg.get("input_size", (3, 224, 224)))
     return TaskModel(net, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)),
@@ -112,23 +110,13 @@ def _timm_model(name: str, pretrained: bool = False, checkpoint: str | None = No
                      crop_pct=cfg.get("crop_pct", 0.875), interpolation=cfg.get("interpolation", "bicubic"))
 
 
-def load_weights(net: nn.Module, shipped: str, checkpoint: str | None) -> str:
-    """Load a shipped manifest entry (default) or a user's checkpoint; return its fingerprint."""
-    if checkpoint is not None:
-        state = load_user_checkpoint(checkpoint)
-        from pathlib import Path
-
-        from .checkpoints import sha256_file
-        fingerprint = sha256_file(Path(checkpoint))
-    else:
-        state, entry = load_shipped(shipped)
-        fingerprint = entry["sha256"]
+def load_weights(net: nn.Module, weights: Weights, target: str) -> str:
+    """Load ``weights`` strictly into ``net``; return their fingerprint (part of every cache key)."""
     try:
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(weights.state, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint for {shipped!r} does not fit the model: "
-                              f"{str(err).splitlines()[0]}") from None
-    return fingerprint
+        raise weights.misfit(target, str(err)) from None
+    return weights.fingerprint
 
 
-__all__ = ["TaskModel", "build_model", "register_model", "load_weights", "shipped_sha", "MODELS"]
+__all__ = ["TaskModel", "build_model", "register_model", "load_weights", "MODELS"]

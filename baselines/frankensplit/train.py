@@ -1,0 +1,103 @@
+"""Training by head distillation: ``python -m splitbench.train codec=frankensplit codec.lmbda=L``.
+
+Only the compression module trains; the server ViT stays frozen and is the teacher. The loss is
+the paper's: per image, the sum of squared errors between the decoder's tokens and the teacher's
+tokens after block ``split``, plus ``lmbda`` times the rate in bits (lambda weights the *rate*),
+averaged over the batch. compressai's auxiliary quantile loss trains the entropy bottleneck's
+medians (the framework's auxiliary optimiser). ``codec.train.kd_weight`` > 0 adds a KL term between
+the frozen tail's predictions on the reconstructed and the teacher's tokens (off by default; the
+paper uses head distillation alone). Settings: ``codec.train.*`` (DEFAULTS below).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from splitbench.train import Step, TrainSetup, augment, codec_options, evaluate_codec, settings
+from splitbench.zoo import Weights, resolve
+
+from .model import FrankenSplitNet, encoder_stats
+
+DEFAULTS: dict[str, Any] = {"epochs": 1, "init": None, "batch_size": 64, "lr": 2e-3, "aux_lr": 1e-3,
+                            "warmup": 100, "kd_weight": 0.0, "augment": False, "clip": 1.0}
+
+
+class FrankenSplitTrainer:
+    def __init__(self, cls: Any, cfg: Any) -> None:
+        from . import build_arch
+
+        self.cls, self.cfg = cls, cfg
+        self.settings = settings(cfg.codec.get("train"), DEFAULTS)
+        self.options = codec_options(cfg)
+        self.options.pop("checkpoint", None)
+        o = self.options
+        self.lmbda = float(o.get("lmbda", 0.128))
+        self.arch = build_arch(o.get("prior", "factorized"), o.get("split", 1), o.get("arch"), self.lmbda)
+        self.split = self.arch.split
+
+    def setup(self, ctx: Any) -> TrainSetup:
+        from . import check_server
+
+        s = self.settings
+        self.ctx, self.task = ctx, ctx.task()
+        self.net = FrankenSplitNet(self.arch)
+        check_server(self.arch, self.task)  # the server model fits the arch, before any training
+        self.init_note = None
+        if s["init"]:
+            init = resolve(name=str(s["init"])) if not str(s["init"]).endswith(".pt") else resolve(path=s["init"])
+            self.net.load_weights(init.state)
+            self.init_note = f"{s['init']} (sha256 {init.fingerprint[:12]})"
+        for p in self.net.parameters():
+            p.requires_grad_(True)
+        per_epoch = len(ctx.train_loader(s["batch_size"]))
+        main = [p for n, p in self.net.named_parameters() if not n.endswith("quantiles")]
+        aux = [p for n, p in self.net.named_parameters() if n.endswith("quantiles")]
+        return TrainSetup([{"params": main}], steps=ctx.steps(int(s["epochs"] * per_epoch)), lr=s["lr"],
+                          warmup=int(s["warmup"]), aux_params=aux, aux_lr=s["aux_lr"], clip=s["clip"],
+                          batch_size=s["batch_size"], modules=[self.net])
+
+    def training_step(self, batch: Any) -> Step:
+        from splitbench.models.vit import vit_logits_from, vit_tokens_until
+
+        images, _ = batch
+        if self.settings["augment"]:
+            images = augment(images, self.ctx.generator)
+        x = self.task.normalize(images)
+        with torch.no_grad():
+            teacher = vit_tokens_until(self.task.net, x, self.split)
+        tokens, bits = self.net(x)
+        dist = (tokens - teacher).pow(2).flatten(1).sum(1).mean()
+        rate = bits.mean()
+        loss = dist + self.lmbda * rate
+        kd = float(self.settings["kd_weight"])
+        if kd:
+            with torch.no_grad():
+                target = F.log_softmax(vit_logits_from(self.task.net, teacher, self.split), -1)
+            pred = F.log_softmax(vit_logits_from(self.task.net, tokens, self.split), -1)
+            loss = loss + kd * F.kl_div(pred, target, log_target=True, reduction="batchmean")
+        return Step(loss, {"sse": dist.item(), "bits": rate.item()})
+
+    def aux_loss(self) -> torch.Tensor:
+        return self.net.entropy.loss()
+
+    def exported_state(self) -> dict[str, torch.Tensor]:
+        return self.net.weights()
+
+    def evaluate(self, weights: Weights, ctx: Any) -> dict[str, Any]:
+        codec = self.cls.from_weights(weights, **self.options)
+        self.codec = codec
+        return evaluate_codec(codec, self.task, ctx.test_set(), batch_size=500)
+
+    def describe(self, ctx: Any) -> tuple[str, dict[str, Any]]:
+        from . import checkpoint_name
+
+        a = self.arch
+        return checkpoint_name(a.prior, a.split, self.lmbda), {
+            "kind": "codec", "family": "frankensplit", "point": {"prior": a.prior, "split": a.split, "lmbda": self.lmbda},
+            "lmbda": self.lmbda, "prior": a.prior, "split": a.split, "arch": a.to_dict(), "init": self.init_note,
+            "server_model": self.task.name, "server_model_sha256": self.task.fingerprint,
+            "device_encoder": encoder_stats(self.net, self.task.input_size),
+            "data": f"{ctx.cfg.data.name} train split ({len(ctx.train_set)} images), seed {ctx.seed}; "
+                    f"metrics on the test split"}
