@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .latency import STAGES
 from .records import RECORD_COLUMNS, finite_mean
+
+if TYPE_CHECKING:  # pragma: no cover - metrics stays importable without torch
+    import torch
 
 
 PSNR_CAP = 100.0  # dB, for a lossless reconstruction (keeps means finite)
