@@ -18,8 +18,10 @@ Options (``codec.*``):
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Annotated, Any
 
 import torch
 
@@ -29,10 +31,16 @@ from splitbench.codecs.rans import check_latent, max_stream_bytes, table_max_val
 from splitbench.errors import CheckpointError, ConfigError, PayloadError
 from splitbench.models.checkpoints import load_manifest, load_shipped, load_user_checkpoint, sha256_file
 from splitbench.models.vit import vit_logits_from
+from splitbench.options import OneOf, Positive, Range
 
 from .fit import fit_settings
 from .model import PRIORS, Arch, FrankenSplitNet
 from .wire import CHECK_BYTES, NAME, pack_strings, padded, unpack_strings
+
+
+#: the shipped points' encoder/decoder widths (conf/codec/frankensplit.yaml restates them); never mutated
+SHIPPED_ARCH: Mapping[str, Any] = MappingProxyType({"channels": (32, 48), "latent": 32, "hyper_latent": 16,
+                                                    "decoder_blocks": 1})
 
 
 def checkpoint_name(prior: str, split: int, lmbda: float) -> str:
@@ -74,10 +82,11 @@ def build_arch(prior: str, split: int, arch: dict[str, Any] | None, lmbda: float
 class FrankenSplitCodec(Codec):
     """Device: tiny conv encoder + range coder. Server: token decoder + frozen ViT tail."""
     client_options = frozenset({"lmbda", "prior", "split"})  # pick a shipped checkpoint; arch is fixed
+    training_options = frozenset({"fit", "train"})  # fit: the training settings (not an inference option)
 
-    def __init__(self, lmbda: float = 0.128, prior: str = "factorized", split: int = 1,
-                 checkpoint: str | None = None, arch: dict[str, Any] | None = None,
-                 fit: dict[str, Any] | None = None) -> None:
+    def __init__(self, lmbda: Annotated[float, Positive] = 0.128, prior: Annotated[str, OneOf(*PRIORS)] = "factorized",
+                 split: Annotated[int, Range(0)] = 1, checkpoint: str | None = None,
+                 arch: dict[str, Any] | None = SHIPPED_ARCH, fit: dict[str, Any] | None = None) -> None:
         self.arch = build_arch(prior, split, arch, lmbda)
         self.lmbda, self.prior, self.split = float(lmbda), prior, split
         self.fit_options = fit_settings(dict(fit or {}))  # validated here, used by fit only
