@@ -45,7 +45,7 @@ def test_multirun_sweep(tmp_path):
     (["codec.qualty=5"], "codec 'jpeg' has no option 'codec.qualty'"),
     (["data=imagefolder", "data.root=/nonexistent/imagenet"], "data.root '/nonexistent/imagenet' does not exist"),
     (["bandwidth.mbps=abc"], "bandwidth.mbps must be a number"),
-    (["bandwidth.mbps=0"], "bandwidth.mbps must be > 0"),
+    (["bandwidth.mbps=0"], "bandwidth.mbps must be a number > 0"),
     (["codec.quality=500"], "codec.quality for jpeg must be an integer in [1, 100]"),
     (["model.checkpoint=/nonexistent.pt"], "checkpoint '/nonexistent.pt' does not exist"),
 ])

@@ -118,7 +118,7 @@ def test_untrained_networks_round_trip_both_priors(prior, task_model, test_image
 def test_options_are_validated():
     with pytest.raises(ConfigError, match="codec.prior.*factorized, hyperprior"):
         create_codec("frankensplit", prior="gaussian")
-    with pytest.raises(ConfigError, match="codec.lmbda"):
+    with pytest.raises(ConfigError, match="codec.lmbda for frankensplit must be a number > 0, got -1"):
         create_codec("frankensplit", lmbda=-1)
     with pytest.raises(ConfigError, match="codec.arch has no key"):
         create_codec("frankensplit", arch={"width": 3})

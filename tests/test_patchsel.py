@@ -108,10 +108,10 @@ def test_selection_rules():
 
 
 @pytest.mark.parametrize("options,needle", [
-    ({"gate": "entropy"}, "codec.gate must be one of min_entropy, shannon, margin"),
-    ({"selection": "best"}, "codec.selection must be one of cumulative, topk, threshold"),
-    ({"delta": 1.5}, "codec.delta must be a number in"), ({"pixels": "png"}, "codec.pixels must be one of"),
-    ({"score": "grad"}, "codec.score must be one of cls_attention, rollout"),
+    ({"gate": "entropy"}, "codec.gate for patchsel must be one of min_entropy, shannon, margin"),
+    ({"selection": "best"}, "codec.selection for patchsel must be one of cumulative, topk, threshold"),
+    ({"delta": 1.5}, r"codec.delta for patchsel must be a number in \[0, 1\], got 1.5"), ({"pixels": "png"}, "codec.pixels for patchsel must be one of"),
+    ({"score": "grad"}, "codec.score for patchsel must be one of cls_attention, rollout"),
 ])
 def test_bad_options_are_config_errors(options, needle):
     with pytest.raises(ConfigError, match=needle):
