@@ -216,7 +216,9 @@ def plain(value: Any) -> Any:
 def build(cls: type, cfg: Mapping[str, Any], where: str, owner: str = "", ignore: tuple[str, ...] = ()) -> Any:
     """A dataclass (Link, ComputeProfile) from a config mapping: checked, then constructed."""
     spec = declared(cls)
-    given = {k: v for k, v in cfg.items() if v is not None} if isinstance(cfg, Mapping) else cfg
+    by_name = {o.name: o for o in spec}
+    given = {k: v for k, v in cfg.items()  # null means "the default" unless the option accepts null
+             if v is not None or (k in by_name and by_name[k].accepts(None))} if isinstance(cfg, Mapping) else cfg
     check(given, spec, where, owner, ignore)
     missing = [o.name for o in spec if o.required and o.name not in given]
     if missing:
