@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..job import Job
 from ..latency import price
 from ..paths import REPO_ROOT
-from ..results import RESULTS_FILE, write_results
+from ..results import write_results
 from .client import LiveClient, LiveError
 from .protocol import HEADER_SIZE, RemoteError
 from .shaping import primer_size, shaped_link, shaping_unavailable
