@@ -11,14 +11,15 @@ from __future__ import annotations
 import io
 import math
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from splitbench.codecs import Codec, Payload, register_codec
-from splitbench.errors import ConfigError, PayloadError
+from splitbench.errors import PayloadError
+from splitbench.options import Range
 
 from .image_formats import image_end
 
@@ -109,18 +110,6 @@ class PillowCodec(Codec):
         return torch.stack([self.decode_one(blob, i) for i, blob in enumerate(data)])
 
 
-def _check_int(codec: str, key: str, value: int, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"codec.{key} for {codec} must be an integer in [{low}, {high}], got {value!r}")
-    return value
-
-
-def _check_bool(codec: str, key: str, value: bool) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"codec.{key} for {codec} must be true or false, got {value!r}")
-    return value
-
-
 @register_codec("jpeg")
 class JpegCodec(PillowCodec):
     """Baseline JPEG (libjpeg via Pillow), 4:2:0 for colour, standard Huffman tables."""
@@ -128,9 +117,8 @@ class JpegCodec(PillowCodec):
 
     format = "JPEG"
 
-    def __init__(self, quality: int = 75, abbreviated: bool = False) -> None:
-        self.quality = _check_int("jpeg", "quality", quality, 1, 100)
-        self.abbreviated = _check_bool("jpeg", "abbreviated", abbreviated)
+    def __init__(self, quality: Annotated[int, Range(1, 100)] = 75, abbreviated: bool = False) -> None:
+        self.quality, self.abbreviated = quality, abbreviated
         self._tables: dict[str, bytes] = {}
 
     def max_payload_bytes(self) -> int:
@@ -173,10 +161,9 @@ class WebpCodec(PillowCodec):
     client_options = frozenset({"quality", "lossless", "method"})
     format = "WEBP"
 
-    def __init__(self, quality: int = 75, lossless: bool = False, method: int = 4) -> None:
-        self.quality = _check_int("webp", "quality", quality, 0, 100)
-        self.lossless = _check_bool("webp", "lossless", lossless)
-        self.method = _check_int("webp", "method", method, 0, 6)
+    def __init__(self, quality: Annotated[int, Range(0, 100)] = 75, lossless: bool = False,
+                 method: Annotated[int, Range(0, 6)] = 4) -> None:
+        self.quality, self.lossless, self.method = quality, lossless, method
 
     def max_payload_bytes(self) -> int:
         """Headers + 8 bytes per pixel of the 16-aligned image: lossy VP8 codes at most 400
@@ -202,8 +189,8 @@ class PngCodec(PillowCodec):
 
     format = "PNG"
 
-    def __init__(self, compress_level: int = 9) -> None:
-        self.compress_level = _check_int("png", "compress_level", compress_level, 0, 9)
+    def __init__(self, compress_level: Annotated[int, Range(0, 9)] = 9) -> None:
+        self.compress_level = compress_level
 
     def max_payload_bytes(self) -> int:
         """Headers + the filtered scanlines (a filter byte per row) + deflate's worst-case growth

@@ -12,22 +12,27 @@ from .cli import guard_overrides, report_errors
 from .paths import CONF_DIR
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-@report_errors
-def _app(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from .run import execute, print_summary
-
-    start = time.perf_counter()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    rows = execute(cfg, run_dir)
-    print_summary(rows, run_dir, time.perf_counter() - start)
-
-
 def main() -> None:
+    """Guard the command line, then run each Hydra job over one :class:`~splitbench.job.Loaded`
+    (a basic-launcher sweep runs its jobs in this process: the task model loads once)."""
+    from .job import Loaded
+
     guard_overrides(sys.argv[1:], config_name="config")
-    _app()
+    loaded = Loaded()
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+    @report_errors
+    def app(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from .run import execute, print_summary
+
+        start = time.perf_counter()
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        rows = execute(cfg, run_dir, loaded)
+        print_summary(rows, run_dir, time.perf_counter() - start)
+
+    app()
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ reply is a few bytes). These are documented in conf/bandwidth/*.yaml and checked
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Annotated, Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .options import Positive, Range, build, check, declared
 
 IP_TCP_HEADER = 52
 ETHERNET_HEADER = 14
@@ -28,24 +27,17 @@ ETHERNET_HEADER = 14
 
 @dataclass(frozen=True)
 class Link:
-    name: str
-    mbps: float
-    rtt_ms: float
-    mtu: int = 1500
-    per_packet_overhead: int = IP_TCP_HEADER + ETHERNET_HEADER
-    app_header: int = 24
+    """An uplink; its fields are the declared ``bandwidth.*`` options (splitbench.options)."""
 
-    def __post_init__(self) -> None:
-        for key in ("mbps", "rtt_ms", "mtu", "per_packet_overhead", "app_header"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"bandwidth.{key} must be a number, got {value!r}")
-        if self.mbps <= 0:
-            raise ConfigError(f"bandwidth.mbps must be > 0, got {self.mbps!r}")
-        if self.rtt_ms < 0:
-            raise ConfigError(f"bandwidth.rtt_ms must be >= 0, got {self.rtt_ms!r}")
-        if self.mtu <= IP_TCP_HEADER:
-            raise ConfigError(f"bandwidth.mtu must be > {IP_TCP_HEADER}, got {self.mtu!r}")
+    name: str
+    mbps: Annotated[float, Positive]
+    rtt_ms: Annotated[float, Range(0)]
+    mtu: Annotated[int, Range(IP_TCP_HEADER + 1)] = 1500
+    per_packet_overhead: Annotated[int, Range(0)] = IP_TCP_HEADER + ETHERNET_HEADER
+    app_header: Annotated[int, Range(0)] = 24
+
+    def __post_init__(self) -> None:  # checked however it is built (a config or Link(...) in code)
+        check({f.name: getattr(self, f.name) for f in fields(self)}, declared(Link), "bandwidth")
 
     @property
     def mss(self) -> int:
@@ -62,18 +54,13 @@ class Link:
 
 
 def link_from_config(cfg: Any) -> Link:
-    fields = {k: cfg[k] for k in ("name", "mbps", "rtt_ms", "mtu", "per_packet_overhead", "app_header")
-              if k in cfg and cfg[k] is not None}
-    unknown = set(cfg) - {"name", "mbps", "rtt_ms", "mtu", "per_packet_overhead", "app_header", "source"}
-    if unknown:
-        raise ConfigError(f"bandwidth has no option(s) {', '.join(sorted(unknown))}; valid: mbps, rtt_ms, "
-                          "mtu, per_packet_overhead, app_header")
+    """A Link from a ``bandwidth`` config node (``source`` documents a preset; numeric strings are read
+    as numbers, as a command line may quote them)."""
+    given = dict(cfg)
     for key in ("mbps", "rtt_ms"):
-        if key not in fields:
-            raise ConfigError(f"bandwidth.{key} is required")
-        if isinstance(fields[key], str):
+        if isinstance(given.get(key), str):
             try:
-                fields[key] = float(fields[key])
+                given[key] = float(given[key])
             except ValueError:
-                raise ConfigError(f"bandwidth.{key} must be a number, got {fields[key]!r}") from None
-    return Link(**fields)
+                pass  # reported by the declared check, naming the valid range
+    return build(Link, given, "bandwidth", ignore=("source",))

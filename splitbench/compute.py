@@ -12,29 +12,26 @@ Each shipped profile documents where its numbers come from (conf/device, conf/se
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Annotated, Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .options import Positive, Range, build, check, declared
 
 
 @dataclass(frozen=True)
 class ComputeProfile:
-    name: str
-    scale: float = 1.0
-    gflops: float | None = None
-    launch_ms: float = 0.0
+    """A device or server; its fields are the declared ``device.*``/``server.*`` options."""
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.scale, (int, float)) and self.scale > 0 and math.isfinite(self.scale)):
-            raise ConfigError(f"profile {self.name!r}: scale must be a positive number, got {self.scale!r}")
-        if self.gflops is not None and not (isinstance(self.gflops, (int, float)) and self.gflops > 0):
-            raise ConfigError(f"profile {self.name!r}: gflops must be a positive number or null, got {self.gflops!r}")
-        if not (isinstance(self.launch_ms, (int, float)) and self.launch_ms >= 0):
-            raise ConfigError(f"profile {self.name!r}: launch_ms must be >= 0, got {self.launch_ms!r}")
+    name: str
+    scale: Annotated[float, Positive] = 1.0
+    gflops: Annotated[float, Positive] | None = None
+    launch_ms: Annotated[float, Range(0)] = 0.0
+
+    def __post_init__(self) -> None:  # checked however it is built (a config or in code)
+        check({f.name: getattr(self, f.name) for f in fields(self)}, declared(ComputeProfile), "profile",
+              self.name)
 
     def model_seconds(self, measured: np.ndarray, flops: np.ndarray) -> np.ndarray:
         measured = np.asarray(measured, dtype=np.float64)
@@ -49,10 +46,6 @@ class ComputeProfile:
 
 
 def profile_from_config(cfg: Any, kind: str) -> ComputeProfile:
-    allowed = {"name", "scale", "gflops", "launch_ms", "source", "host", "port"}  # host/port: live mode
-    unknown = set(cfg) - allowed
-    if unknown:
-        raise ConfigError(f"{kind} profile has no option(s) {', '.join(sorted(unknown))}; valid: "
-                          "scale, gflops, launch_ms")
-    return ComputeProfile(name=cfg["name"], scale=cfg.get("scale", 1.0), gflops=cfg.get("gflops"),
-                          launch_ms=cfg.get("launch_ms", 0.0))
+    """A profile from a ``device``/``server`` config node (``source`` documents it; ``host``/``port``
+    are where live mode finds the server)."""
+    return build(ComputeProfile, dict(cfg), kind, cfg.get("name", ""), ignore=("source", "host", "port"))

@@ -1,41 +1,38 @@
 """Config nodes for plugins that ship no YAML: ``codec=<plugin>`` works without touching conf/.
 
-A codec's options are the keyword arguments of its ``__init__`` (splitbench.codecs.base), and a
-dataset's or model's those of its registered factory, so each one registered without a YAML in
+A codec's options are the declared keyword arguments of its ``__init__`` (splitbench.options), and
+a dataset's or model's those of its registered factory, so each one registered without a YAML in
 ``conf/<group>/`` gets a Hydra ConfigStore node (groups ``codec``, ``data``, ``model``) built from
 their defaults. An option without a default becomes a required value (``???``, checked by the CLI).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from omegaconf import MISSING
 
-_PLAIN = (type(None), bool, int, float, str)
-
+from .options import declared, plain
 
 def _plain(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return all(_plain(v) for v in value)
     if isinstance(value, dict):
         return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return isinstance(value, _PLAIN)
+    return isinstance(value, (type(None), bool, int, float, str))
 
 
 def option_defaults(name: str, factory: Any) -> dict[str, Any]:
-    """``{"name": name, option: default}`` from a codec class's or factory's keyword arguments.
-
-    Defaults that are not plain data (objects, callables) are left out: the factory keeps its own.
+    """``{"name": name, option: default}`` from a codec class's or factory's declared options
+    (splitbench.options). Defaults that are not plain data (objects, callables) are left out: the
+    factory keeps its own.
     """
+    owner = factory.__init__ if isinstance(factory, type) else factory
     node: dict[str, Any] = {"name": name}
-    for key, param in inspect.signature(factory).parameters.items():
-        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
-            continue
-        if param.default is param.empty:
-            node[key] = MISSING
-        elif _plain(param.default):
-            node[key] = list(param.default) if isinstance(param.default, tuple) else param.default
+    for option in declared(owner):
+        if option.required:
+            node[option.name] = MISSING
+        elif _plain(plain(option.default)):
+            node[option.name] = plain(option.default)
     return node
 
 

@@ -204,9 +204,6 @@ class RecordStore:
             _write_csv_atomic(df, self.directory / f"{key}.csv")
 
 
-STORE = RecordStore()
-
-
 def resolve_workers(workers: int | str | None, n_samples: int, threads: int | None) -> int:
     """``measure.workers``: a positive number, or ``auto``/null (one per free core; 1 for small runs)."""
     if workers in (None, "auto"):
@@ -231,7 +228,7 @@ def measured_records(codec: Codec, task: TaskModel, dataset: Dataset, data_cfg: 
     shards the samples across processes (splitbench.shard); that needs ``model_cfg`` and a
     registered codec, so the workers can rebuild the same objects.
     """
-    store = store or STORE
+    store = store if store is not None else RecordStore()  # callers running many jobs pass theirs (job.Loaded)
     threads = int(threads or torch.get_num_threads())
     key = records_key(codec, task, data_cfg, batch_size, clock, threads)
     n = len(dataset)

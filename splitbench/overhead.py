@@ -14,8 +14,8 @@ from typing import Any, Iterator
 import torch
 
 from .codecs import create_codec
+from .job import Loaded
 from .measure import RecordStore, measured_records
-from .run import load_dataset, load_task_model
 
 MODEL = {"name": "vit_fmnist", "checkpoint": None, "pretrained": True}
 STAGES = ["t_device", "t_encode", "t_decode", "t_server"]
@@ -44,8 +44,8 @@ def bare_loop(codec: Any, dataset: Any) -> float:
 
 def framework_vs_bare(codec_name: str, limit: int, rounds: int = 3) -> tuple[float, float]:
     """(median measured/bare ratio, bare ms per image); A and B interleaved, same process and images."""
-    task, cfg = load_task_model(MODEL), data_cfg(limit)
-    dataset = load_dataset(cfg)
+    task, cfg = Loaded().task_model(MODEL), data_cfg(limit)
+    dataset = Loaded().dataset(cfg)
     ratios, bare_ms = [], []
     for _ in range(rounds):
         codec = create_codec(codec_name)
@@ -149,7 +149,7 @@ def coding_share(codec_name: str, limit: int) -> dict[str, float]:
                                                "_likelihood"]),
                        (em.GaussianConditional, ["forward", "_likelihood", "build_indexes"])]:
         targets += [(cls, m, _wrapped(lib, cls.__dict__[m])) for m in names if m in cls.__dict__]
-    task, dataset = load_task_model(MODEL), load_dataset(data_cfg(limit))
+    task, dataset = Loaded().task_model(MODEL), Loaded().dataset(data_cfg(limit))
     codec = create_codec(codec_name)
     codec.bind(task)
     stages = 0.0  # the encode + decode stage calls themselves (what the runner times)
@@ -173,8 +173,8 @@ def stage_ms_with_hog(codec_name: str, limit: int, threads: int | None = 1) -> t
 
     ``threads``: as ``measure.threads`` (1, the default; None: torch's default, every core).
     """
-    task, cfg = load_task_model(MODEL), data_cfg(limit)
-    dataset = load_dataset(cfg)
+    task, cfg = Loaded().task_model(MODEL), data_cfg(limit)
+    dataset = Loaded().dataset(cfg)
     before = torch.get_num_threads()
     torch.set_num_threads(threads or torch.get_num_threads())
     try:

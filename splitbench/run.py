@@ -2,71 +2,43 @@
 
     data -> device half + codec encoder -> bytes -> channel -> codec decoder + server half -> metrics
 
-Records are measured once per (codec config, model, data) and cached (splitbench.measure); each
-job prices them under its link and profiles (splitbench.latency), writes ``results.csv``
-atomically into its run directory and prints a compact table.
+A job is built once (splitbench.job); its records are measured once per (codec config, model,
+data) and cached (splitbench.measure); the model executor here prices them under the job's link and
+profiles (splitbench.latency), the live executor (splitbench.live.runner) also sends them. Each run
+writes ``results.csv`` atomically into its run directory and prints a compact table.
 """
 from __future__ import annotations
 
 import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import __version__
-from .channel import link_from_config
-from .codecs import create_codec
-from .compute import profile_from_config
-from .data import build_dataset, check_fits, dataset_identity
 from .errors import ConfigError
+from .job import Job, Loaded, build_job, measure_settings
 from .latency import price
-from .measure import RecordStore, measured_records
+from .measure import measured_records
 from .metrics import summarize
-from .models import TaskModel, build_model
 from .results import RESULTS_FILE, format_table, write_results
 
-_MODELS: dict[str, TaskModel] = {}
-_DATASETS: dict[str, Any] = {}
-_STORES: dict[bool, RecordStore] = {}
+MODES = ("model", "live")
 
 
-def _key(cfg: Any) -> str:
-    return json.dumps(cfg, sort_keys=True, default=str)
+@dataclass
+class Measured:
+    """What the model executor produced: the rows (codec, then reference if any) and the codec's records."""
+
+    rows: list[dict[str, Any]]
+    records: pd.DataFrame
 
 
-def load_task_model(model_cfg: dict[str, Any]) -> TaskModel:
-    """Built once per process: a multirun on the basic launcher shares it across jobs."""
-    key = _key(model_cfg)
-    if key not in _MODELS:
-        _MODELS[key] = build_model(model_cfg)
-    return _MODELS[key]
-
-
-def load_dataset(data_cfg: dict[str, Any], task: TaskModel | None = None) -> Any:
-    """Built once per (data config, task model); checked against the model's input before use."""
-    key = _key([data_cfg, task.name if task else None, task.input_size if task else None])
-    if key not in _DATASETS:
-        dataset = build_dataset(data_cfg, model=task)
-        if task is not None:
-            check_fits(dataset, data_cfg["name"], task)
-        _DATASETS[key] = dataset
-    return _DATASETS[key]
-
-
-def _codec_options(codec_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    if "name" not in codec_cfg:
-        raise ConfigError("codec.name is missing")
-    options = {k: v for k, v in codec_cfg.items() if k != "name"}
-    return codec_cfg["name"], options
-
-
-def _workers_setting(cfg: DictConfig) -> int | str:
+def _workers_setting(workers: int | str | None) -> int | str:
     """measure.workers; ``auto`` means 1 under the joblib launcher, whose jobs already fill the cores."""
-    workers = cfg.measure.get("workers", "auto")
     if workers in (None, "auto"):
         try:
             from hydra.core.hydra_config import HydraConfig
@@ -76,7 +48,7 @@ def _workers_setting(cfg: DictConfig) -> int | str:
         except Exception:
             pass
         return "auto"
-    return workers
+    return workers  # type: ignore[return-value]
 
 
 def _timing_columns(cond: dict[str, Any]) -> dict[str, Any]:
@@ -87,72 +59,68 @@ def _timing_columns(cond: dict[str, Any]) -> dict[str, Any]:
             "timing_cpu": cond.get("cpu")}
 
 
-def execute(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Run one job; returns [codec row, reference row (if any)] and writes results.csv."""
-    threads = cfg.measure.get("threads", 1)
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"measure.threads must be a positive number or null, got {threads!r}")
-    if threads:
-        torch.set_num_threads(int(threads))
-    if cfg.mode == "live":  # the same row, plus latency measured over a real link (splitbench.live)
-        from .live.runner import execute_live
-
-        return execute_live(cfg, run_dir)
-    if cfg.mode != "model":
-        raise ConfigError(f"unknown mode {cfg.mode!r}; valid modes: model, live")
-    if run_dir is not None and cfg.results.resume and (run_dir / RESULTS_FILE).exists():
-        print(f"splitbench: {run_dir / RESULTS_FILE} exists, skipping (results.resume=true)")
-        return pd.read_csv(run_dir / RESULTS_FILE).to_dict("records")
-
-    # Validate everything cheap before any model runs.
-    link = link_from_config(OmegaConf.to_container(cfg.bandwidth, resolve=True))
-    device = profile_from_config(OmegaConf.to_container(cfg.device, resolve=True), "device")
-    server = profile_from_config(OmegaConf.to_container(cfg.server, resolve=True), "server")
-    name, options = _codec_options(OmegaConf.to_container(cfg.codec, resolve=True))
-    codec = create_codec(name, **options)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-
-    task = load_task_model(model_cfg)
-    dataset = load_dataset(data_cfg, task)
-    data_cfg = {**data_cfg, **dataset_identity(dataset)}  # the record cache sees a changed folder
-    store = _STORES.setdefault(bool(cfg.measure.cache), RecordStore(enabled=bool(cfg.measure.cache)))
-    bs, progress = int(cfg.measure.batch_size), bool(cfg.measure.progress)
-    clock = str(cfg.measure.get("clock", "wall"))
-    if bs < 1:
-        raise ConfigError(f"measure.batch_size must be >= 1, got {bs}")
-
-    workers = _workers_setting(cfg)
-    how = dict(clock=clock, threads=threads, workers=workers, model_cfg=model_cfg)
-
-    reference = ref_codec = ref_key = None
-    if cfg.measure.reference:
-        ref_codec = create_codec(cfg.measure.reference)
-        reference, ref_key, _ = measured_records(ref_codec, task, dataset, data_cfg, bs, store, progress, **how)
-    if ref_codec is not None and ref_codec.name == codec.name and ref_codec.options() == codec.options():
+def run_model(job: Job) -> Measured:
+    """The model executor: measure the codec's (and the reference's) records once, price them under
+    the job's link and profiles; one row each."""
+    m = job.measure
+    how = dict(clock=m.clock, threads=m.threads, workers=_workers_setting(m.workers), model_cfg=job.model_cfg)
+    args = (job.task, job.dataset, job.data_cfg, m.batch_size, job.store, m.progress)
+    reference = ref_key = None
+    ref_codec = job.reference
+    if ref_codec is not None:
+        reference, ref_key, _ = measured_records(ref_codec, *args, **how)
+    if ref_codec is not None and ref_codec.name == job.codec.name and ref_codec.options() == job.codec.options():
         records, key = reference, ref_key
     else:
-        records, key, _ = measured_records(codec, task, dataset, data_cfg, bs, store, progress, **how)
+        records, key, _ = measured_records(job.codec, *args, **how)
 
-    c, h, w = task.input_size
+    c, h, w = job.task.input_size
+    link = job.link
     common = {
-        "data": data_cfg["name"], "data_options": json.dumps(data_cfg, sort_keys=True, default=str),
-        "model": task.name, "bandwidth": link.name, "mbps": link.mbps,
-        "rtt_ms": link.rtt_ms, "device": device.name, "server": server.name,
-        "timing": ("batch1" if bs == 1 else f"amortised/{bs}") + ("" if clock == "wall" else f"/{clock}"),
+        "data": job.data_cfg["name"], "data_options": json.dumps(job.data_cfg, sort_keys=True, default=str),
+        "model": job.task.name, "bandwidth": link.name, "mbps": link.mbps,
+        "rtt_ms": link.rtt_ms, "device": job.device.name, "server": job.server.name,
+        "timing": ("batch1" if m.batch_size == 1 else f"amortised/{m.batch_size}")
+        + ("" if m.clock == "wall" else f"/{m.clock}"),
         "splitbench_version": __version__,
     }
 
     def row_for(the_codec: Any, recs: pd.DataFrame, rec_key: str | None) -> dict[str, Any]:
-        metrics = summarize(recs, price(recs, link, device, server), reference=reference, pixels=h * w,
+        metrics = summarize(recs, price(recs, link, job.device, job.server), reference=reference, pixels=h * w,
                             extra_columns=the_codec.extra_columns)
         return {"codec": the_codec.name, "series": the_codec.series(), "rate_point": the_codec.rate_point(),
-                **common, **metrics, **_timing_columns(store.conditions(rec_key) if rec_key else {}),
+                **common, **metrics, **_timing_columns(job.store.conditions(rec_key) if rec_key else {}),
                 "codec_options": json.dumps(the_codec.options(), sort_keys=True), "records_key": rec_key}
 
-    rows = [row_for(codec, records, key)]
+    rows = [row_for(job.codec, records, key)]
     if reference is not None and ref_codec is not None and records is not reference:
         rows.append(row_for(ref_codec, reference, ref_key))
+    return Measured(rows, records)
+
+
+def execute(cfg: DictConfig, run_dir: Path | None = None, loaded: Loaded | None = None) -> list[dict[str, Any]]:
+    """Run one job; returns [codec row, reference row (if any)] and writes results.csv.
+
+    ``loaded``: what this process already built (pass the same one to every job of a sweep).
+    """
+    if cfg.mode not in MODES:
+        raise ConfigError(f"unknown mode {cfg.mode!r}; valid modes: {', '.join(MODES)}")
+    measure = measure_settings(cfg)  # cheap checks first: nothing is loaded yet
+    if measure.threads:
+        torch.set_num_threads(measure.threads)
+    if cfg.mode == "live":
+        from .live.runner import live_options
+
+        live = live_options(cfg)
+    if run_dir is not None and cfg.results.resume and (run_dir / RESULTS_FILE).exists():
+        print(f"splitbench: {run_dir / RESULTS_FILE} exists, skipping (results.resume=true)")
+        return pd.read_csv(run_dir / RESULTS_FILE).to_dict("records")
+    job = build_job(cfg, loaded if loaded is not None else Loaded())
+    if cfg.mode == "live":  # the same row, plus latency measured over a real link (splitbench.live)
+        from .live.runner import run_live
+
+        return run_live(job, live, lambda: run_model(job), run_dir)
+    rows = run_model(job).rows
     if run_dir is not None:
         write_results(rows[:1], run_dir)
     return rows

@@ -53,15 +53,16 @@ def _worker(model_cfg: dict, data_cfg: dict, threads: int | None, clock: str, ba
     import torch
 
     from .codecs import create_codec
+    from .job import Loaded
     from .measure import Measurer, records_key
-    from .run import load_dataset, load_task_model
 
     if threads:
         torch.set_num_threads(threads)
     lock, job, nxt, total = shared
     try:
-        task = load_task_model(model_cfg)
-        dataset = load_dataset(data_cfg, task)
+        loaded = Loaded()  # the same builders as the parent's job (splitbench.job)
+        task = loaded.task_model(model_cfg)
+        dataset = loaded.dataset(data_cfg, task)
     except BaseException as err:  # reported on the first job
         setup_error: tuple[str, str] | None = _one_line(err)
     else:

@@ -40,3 +40,23 @@ def run_cli(*args: str, module: str = "splitbench", timeout: int = 600) -> subpr
     env = dict(os.environ, SPLITBENCH_CACHE=_CACHE, HYDRA_FULL_ERROR="0")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``python -m splitbench args`` in this process (the command-line path without a new
+    interpreter): returns (exit status, stdout, stderr)."""
+    from splitbench import __main__ as entry
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["splitbench", *args])
+        capsys.readouterr()
+        try:
+            entry.main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

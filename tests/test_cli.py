@@ -1,4 +1,7 @@
-"""The runner end to end, and every user error giving one clear line and no partial result."""
+"""The runner end to end, and every user error giving one clear line and no partial result.
+
+Most run in this process (fixture ``cli``); the single run, the sweep and the unknown-codec listing
+stay real subprocesses: a user's command line, exit status and Hydra multirun are their point."""
 import pandas as pd
 import pytest
 
@@ -45,15 +48,15 @@ def test_multirun_sweep(tmp_path):
     (["codec.qualty=5"], "codec 'jpeg' has no option 'codec.qualty'"),
     (["data=imagefolder", "data.root=/nonexistent/imagenet"], "data.root '/nonexistent/imagenet' does not exist"),
     (["bandwidth.mbps=abc"], "bandwidth.mbps must be a number"),
-    (["bandwidth.mbps=0"], "bandwidth.mbps must be > 0"),
+    (["bandwidth.mbps=0"], "bandwidth.mbps must be a number > 0"),
     (["codec.quality=500"], "codec.quality for jpeg must be an integer in [1, 100]"),
     (["model.checkpoint=/nonexistent.pt"], "checkpoint '/nonexistent.pt' does not exist"),
 ])
-def test_user_errors_are_one_line(tmp_path, args, needle):
-    proc = run_cli(*args, "data.limit=4", f"hydra.run.dir={tmp_path}/run")
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
+def test_user_errors_are_one_line(cli, tmp_path, args, needle):
+    code, _, stderr = cli(*args, "data.limit=4", f"hydra.run.dir={tmp_path}/run")
+    assert code == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("splitbench: error: ") and needle in lines[0], lines[0]
     assert not _results(tmp_path), "no partial result may be left behind"
     assert not (tmp_path / "run").exists()
@@ -67,21 +70,52 @@ def test_unknown_codec_lists_every_registered_codec():
     assert f"valid codecs: {', '.join(list_codecs())}" in proc.stderr
 
 
-def test_finished_run_is_not_repeated(tmp_path):
+def test_finished_run_is_not_repeated(cli, tmp_path):
     args = ("codec=png", "data.limit=6", "measure.progress=false", f"hydra.run.dir={tmp_path}/run")
-    assert run_cli(*args).returncode == 0
+    assert cli(*args)[0] == 0
     before = (tmp_path / "run" / "results.csv").read_bytes()
-    proc = run_cli(*args)
-    assert proc.returncode == 0 and "skipping" in proc.stdout
+    code, stdout, _ = cli(*args)
+    assert code == 0 and "skipping" in stdout
     assert (tmp_path / "run" / "results.csv").read_bytes() == before
 
 
-def test_efficientnet_photos_config_reports_agreement(tmp_path):
-    proc = run_cli("data=photos", "model=efficientnet_lite0", "codec=jpeg", "data.limit=5", "data.crops=1",
-                   "measure.progress=false", f"hydra.run.dir={tmp_path}/run")
-    assert proc.returncode == 0, proc.stderr
+def test_efficientnet_photos_config_reports_agreement(cli, tmp_path):
+    code, stdout, stderr = cli("data=photos", "model=efficientnet_lite0", "codec=jpeg", "data.limit=5", "data.crops=1",
+                               "measure.progress=false", f"hydra.run.dir={tmp_path}/run")
+    assert code == 0, stderr
     row = pd.read_csv(tmp_path / "run" / "results.csv").iloc[0]
     assert row.model == "tf_efficientnet_lite0" and row.n == 5
     assert pd.isna(row.accuracy) and 0 <= row.agreement <= 1  # unlabelled photos: agreement only
     assert row.bpp == pytest.approx(row.bytes_per_image * 8 / (224 * 224))
-    assert "| raw" in proc.stdout and "n/a" in proc.stdout
+    assert "| raw" in stdout and "n/a" in stdout
+
+
+def test_one_process_runs_many_jobs_over_one_loaded_model(tmp_path):
+    """The basic launcher's case: jobs of one process share the task model and the record store."""
+    from hydra import compose, initialize_config_dir
+
+    from splitbench.job import Loaded
+    from splitbench.paths import CONF_DIR
+    from splitbench.run import execute
+
+    loaded = Loaded()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        rows = [execute(compose("config", overrides=["codec=jpeg", f"codec.quality={q}", "data.limit=4",
+                                                     "measure.progress=false", "measure.cache=false"]),
+                        tmp_path / f"q{q}", loaded) for q in (10, 90)]
+    assert len(loaded.models) == 1 and len(loaded.datasets) == 1 and len(loaded.stores) == 1
+    assert [r[0]["rate_point"] for r in rows] == ["q=10", "q=90"]
+    assert rows[0][0]["codec_options"] != rows[1][0]["codec_options"]  # defaults recorded: distinct keys
+    assert rows[0][0]["bytes_per_image"] < rows[1][0]["bytes_per_image"]
+
+
+def test_run_and_live_runner_do_not_import_each_other():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys, splitbench.live.runner as l; assert 'splitbench.run' not in sys.modules, 'live imports run'; "
+            "import splitbench.run; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -1,10 +1,7 @@
 """FrankenSplit: real round trip, golden bitstream, damaged payloads, options, training smoke test."""
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,14 +9,12 @@ import torch
 from splitbench import CheckpointError, ConfigError, PayloadError, create_codec
 from splitbench.zoo import in_memory, load_manifest
 
-from conftest import REPO, run_cli
+from conftest import run_cli
+from golden import N_IMAGES, assert_golden, assert_golden_in_fresh_process, encode_images
 
-# md5 of the concatenated payloads of the first 4 Fashion-MNIST test images under the default
-# shipped point (conf/codec/frankensplit.yaml); recompute only when that checkpoint is retrained
-# or the wire format changes. Regenerated deliberately when the one-byte check became a 4-byte
-# CRC-32 (issue #11): same rANS strings, every payload 3 bytes longer.
-GOLDEN_MD5 = "3ad4cb02c52b9d82a97cc7e1d47412e6"
-GOLDEN_SIZES = [76, 120, 80, 84]
+# golden md5 and sizes: tests/expected/frankensplit.json (the default shipped point). Regenerated
+# deliberately when the one-byte check became a 4-byte CRC-32 (issue #11): same rANS strings, every
+# payload 3 bytes longer.
 
 
 @pytest.fixture(scope="module")
@@ -49,28 +44,11 @@ def test_bytes_decode_to_the_rounded_latents(codec, test_images):
 
 
 def test_golden_bitstream(codec, test_images):
-    payloads = payloads_of(codec, test_images[0][:4])
-    blob = b"".join(p.data for p in payloads)
-    assert [len(p.data) for p in payloads] == GOLDEN_SIZES
-    assert hashlib.md5(blob).hexdigest() == GOLDEN_MD5
+    assert_golden("frankensplit", "default", encode_images(codec, test_images[0][:N_IMAGES]))
 
 
 def test_same_bytes_in_a_fresh_process():
-    script = (
-        "import hashlib, torch\n"
-        "from splitbench import create_codec\n"
-        "from splitbench.data import build_dataset\n"
-        "from splitbench.models import build_model\n"
-        "task = build_model({'name': 'vit_fmnist', 'checkpoint': None, 'pretrained': True})\n"
-        "ds = build_dataset({'name': 'fashion_mnist', 'split': 'test', 'root': None, 'limit': 4})\n"
-        "c = create_codec('frankensplit'); c.bind(task)\n"
-        "with torch.inference_mode():\n"
-        "    p = c.encode(c.device_forward(torch.stack([ds[i][0] for i in range(4)])))\n"
-        "print(hashlib.md5(b''.join(x.data for x in p)).hexdigest())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == GOLDEN_MD5
+    assert_golden_in_fresh_process("frankensplit")
 
 
 def test_every_truncation_and_byte_flip_is_an_error_or_a_harmless_decode(codec, test_images):
@@ -117,7 +95,7 @@ def test_untrained_networks_round_trip_both_priors(prior, task_model, test_image
 def test_options_are_validated():
     with pytest.raises(ConfigError, match="codec.prior.*factorized, hyperprior"):
         create_codec("frankensplit", prior="gaussian")
-    with pytest.raises(ConfigError, match="codec.lmbda"):
+    with pytest.raises(ConfigError, match="codec.lmbda for frankensplit must be a number > 0, got -1"):
         create_codec("frankensplit", lmbda=-1)
     with pytest.raises(ConfigError, match="codec.arch has no key"):
         create_codec("frankensplit", arch={"width": 3})

@@ -49,8 +49,8 @@ def test_price_hand_computed():
 
 @pytest.mark.parametrize("cfg,match", [
     ({"name": "x", "mbps": "fast", "rtt_ms": 1}, "bandwidth.mbps must be a number"),
-    ({"name": "x", "mbps": -1, "rtt_ms": 1}, "bandwidth.mbps must be > 0"),
-    ({"name": "x", "mbps": 1, "rtt_ms": -5}, "rtt_ms must be >= 0"),
+    ({"name": "x", "mbps": -1, "rtt_ms": 1}, "bandwidth.mbps must be a number > 0"),
+    ({"name": "x", "mbps": 1, "rtt_ms": -5}, "rtt_ms must be a number >= 0"),
     ({"name": "x", "mbps": 1, "rtt_ms": 1, "speed": 3}, "no option"),
 ])
 def test_malformed_bandwidth(cfg, match):

@@ -1,7 +1,4 @@
 """elic / bmshj2018: real single-stream bitstreams, golden hashes, exact decoding, clear errors."""
-import hashlib
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,14 +7,9 @@ from omegaconf import OmegaConf
 from splitbench import CheckpointError, ConfigError, PayloadError, create_codec
 from splitbench.paths import CONF_DIR
 
-from conftest import REPO
+from golden import N_IMAGES, assert_golden, assert_golden_in_fresh_process, cases, encode_images
 
-# md5 over (length, bytes) of the first 4 Fashion-MNIST test images, default config (shipped weights)
-GOLDEN = {
-    "elic": "533642b1212a4f933c6d2dad24a2d592",
-    "bmshj2018": "5b650df868df36e087ee50467e14f00c",
-}
-CODECS = sorted(GOLDEN)
+CODECS = sorted(cases("learned_image"))  # golden md5s and sizes: tests/expected/learned_image.json
 
 
 def default_codec(name, **override):
@@ -28,13 +20,6 @@ def default_codec(name, **override):
     return create_codec(name, **{**cfg, **override})
 
 
-def digest(payloads):
-    h = hashlib.md5()
-    for p in payloads:
-        h.update(len(p.data).to_bytes(4, "little") + p.data)
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module", params=CODECS)
 def bound(request, task_model):
     codec = default_codec(request.param)
@@ -43,29 +28,11 @@ def bound(request, task_model):
 
 
 def test_golden_bitstream(bound, test_images):
-    with torch.inference_mode():
-        payloads = bound.encode(bound.device_forward(test_images[0][:4]))
-    assert digest(payloads) == GOLDEN[bound.name], digest(payloads)
+    assert_golden("learned_image", bound.name, encode_images(bound, test_images[0][:N_IMAGES]))
 
 
 def test_same_bytes_in_a_fresh_process():
-    code = ("import torch, hashlib, yaml; torch.set_num_threads(1)\n"
-            "from splitbench import create_codec; from splitbench.models import build_model\n"
-            "from splitbench.data import build_dataset; from splitbench.paths import CONF_DIR\n"
-            "task = build_model({'name': 'vit_fmnist', 'checkpoint': None, 'pretrained': True})\n"
-            "ds = build_dataset({'name': 'fashion_mnist', 'split': 'test', 'root': None, 'limit': 4})\n"
-            "x = torch.stack([ds[i][0] for i in range(4)])\n"
-            f"for name in {CODECS!r}:\n"
-            "    cfg = yaml.safe_load((CONF_DIR / 'codec' / f'{name}.yaml').read_text()); cfg.pop('name')\n"
-            "    c = create_codec(name, **cfg); c.bind(task)\n"
-            "    with torch.inference_mode(): ps = c.encode(c.device_forward(x))\n"
-            "    h = hashlib.md5()\n"
-            "    for p in ps: h.update(len(p.data).to_bytes(4, 'little') + p.data)\n"
-            "    print(name, h.hexdigest())\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = dict(line.split() for line in out.stdout.strip().splitlines())
-    assert got == GOLDEN, "another process (1 thread) must produce the golden bytes"
+    assert_golden_in_fresh_process("learned_image")
 
 
 def test_decoder_recovers_exactly_the_encoders_latents(bound, test_images):
@@ -151,9 +118,9 @@ def test_user_errors_name_the_problem():
         default_codec("elic", lmbda=0.1234)
     with pytest.raises(CheckpointError, match="trained with"):
         default_codec("elic", N=64)
-    with pytest.raises(ConfigError, match="codec.variant 'nosuch'.*official, chandelier"):
+    with pytest.raises(ConfigError, match="codec.variant for elic must be one of official, chandelier, got 'nosuch'"):
         default_codec("elic", variant="nosuch")
-    with pytest.raises(ConfigError, match="codec.lmbda"):
+    with pytest.raises(ConfigError, match="codec.lmbda for bmshj2018 must be a number > 0, got -1"):
         default_codec("bmshj2018", lmbda=-1)
     with pytest.raises(CheckpointError, match="does not exist"):
         default_codec("elic", checkpoint="/nonexistent/elic.pth")

@@ -1,34 +1,21 @@
 """patchsel / local: wire format, selection and gate rules, server-side token placement, real-byte
 round trips, corrupt payloads, golden bitstreams, and a two-step fine-tune smoke test."""
-import hashlib
 import math
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from golden import N_IMAGES, assert_golden, assert_golden_in_fresh_process, bound_codec, cases, encode_images
 from splitbench import ConfigError, PayloadError, create_codec
 from baselines.patchsel.policy import select, uncertainty
 from baselines.patchsel.wire import (Grid, JpegPixels, decode_lossless, encode_lossless, mask_bytes,
                                      pack_payload, rank_subset, unpack_payload, unrank_subset)
 
 GRID = Grid(channels=1, rows=7, cols=7, patch=4)
-# md5 of the length-prefixed payloads of the first 4 Fashion-MNIST test images (shipped checkpoints,
-# eta=0 so every image is offloaded). Recompute with _golden_digest if a checkpoint is retrained.
-GOLDEN = {
-    "lossless": "ac5e88181f22655a071fec2df162a3f8",
-    "jpeg": "15b094e9085e7854cb016490e08acaa1",
-}
-GOLDEN_OPTIONS = {"lossless": {"eta": 0.0, "delta": 0.97},
-                  "jpeg": {"eta": 0.0, "delta": 0.97, "pixels": "jpeg", "quality": 75, "abbreviated": True}}
-
-
-def _digest(payloads):
-    return hashlib.md5(b"".join(len(p.data).to_bytes(4, "big") + p.data for p in payloads)).hexdigest()
+# golden md5s and sizes of the first 4 test images (shipped checkpoints, eta=0 so every image is
+# offloaded): tests/expected/patchsel.json
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +95,10 @@ def test_selection_rules():
 
 
 @pytest.mark.parametrize("options,needle", [
-    ({"gate": "entropy"}, "codec.gate must be one of min_entropy, shannon, margin"),
-    ({"selection": "best"}, "codec.selection must be one of cumulative, topk, threshold"),
-    ({"delta": 1.5}, "codec.delta must be a number in"), ({"pixels": "png"}, "codec.pixels must be one of"),
-    ({"score": "grad"}, "codec.score must be one of cls_attention, rollout"),
+    ({"gate": "entropy"}, "codec.gate for patchsel must be one of min_entropy, shannon, margin"),
+    ({"selection": "best"}, "codec.selection for patchsel must be one of cumulative, topk, threshold"),
+    ({"delta": 1.5}, r"codec.delta for patchsel must be a number in \[0, 1\], got 1.5"), ({"pixels": "png"}, "codec.pixels for patchsel must be one of"),
+    ({"score": "grad"}, "codec.score for patchsel must be one of cls_attention, rollout"),
 ])
 def test_bad_options_are_config_errors(options, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -156,32 +143,11 @@ def test_local_codec_sends_nothing_and_rejects_payloads(test_images):
         local.decode([b"x"])
 
 
-def _golden_digest(task_model, images, options):
-    c = create_codec("patchsel", **options)
-    c.bind(task_model)
-    with torch.inference_mode():
-        return _digest(c.encode(c.device_forward(images)))
-
-
 @pytest.mark.parametrize("pixels", ["lossless", "jpeg"])
 def test_golden_bitstream(pixels, task_model, test_images):
-    assert _golden_digest(task_model, test_images[0][:4], GOLDEN_OPTIONS[pixels]) == GOLDEN[pixels]
+    codec = bound_codec("patchsel", task_model, **cases("patchsel")[pixels]["options"])
+    assert_golden("patchsel", pixels, encode_images(codec, test_images[0][:N_IMAGES]))
 
 
 def test_same_bytes_in_a_fresh_process():
-    script = (
-        "import torch, hashlib\n"
-        "from splitbench import create_codec\n"
-        "from splitbench.data import build_dataset\n"
-        "from splitbench.models import build_model\n"
-        "ds = build_dataset({'name': 'fashion_mnist', 'split': 'test', 'root': None, 'limit': 4})\n"
-        "images = torch.stack([ds[i][0] for i in range(4)])\n"
-        "c = create_codec('patchsel', eta=0.0, delta=0.97)\n"
-        "c.bind(build_model({'name': 'vit_fmnist', 'checkpoint': None, 'pretrained': True}))\n"
-        "with torch.inference_mode():\n"
-        "    ps = c.encode(c.device_forward(images))\n"
-        "print(hashlib.md5(b''.join(len(p.data).to_bytes(4, 'big') + p.data for p in ps)).hexdigest())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == GOLDEN["lossless"]
+    assert_golden_in_fresh_process("patchsel")

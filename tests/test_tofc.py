@@ -1,22 +1,18 @@
 """TOFC: DPC-KNN against a brute-force reference, the Laplacian conditional, real bitstreams,
 golden bytes, corrupt payloads, ablation switches and a two-step training smoke run."""
-import hashlib
 import math
-import subprocess
-import sys
 
 import pytest
 import scipy.stats
 import torch
 
 from splitbench import CheckpointError, ConfigError, PayloadError, create_codec
-from tests.conftest import REPO, run_cli
+from golden import N_IMAGES, assert_golden, assert_golden_in_fresh_process, encode_images
+from tests.conftest import run_cli
 
 from baselines.tofc.dpc_knn import dpc_knn_clusters, dpc_knn_merge
 from baselines.tofc.entropy import LaplacianConditional, SelectiveHyperprior, scale_table
 
-# md5 of the default tofc payloads of the first 4 Fashion-MNIST test images (shipped checkpoint)
-GOLDEN_MD5 = "3f0e41306627feec6a29a8de1310eef7"
 
 
 # -- DPC-KNN ------------------------------------------------------------------------------------
@@ -137,31 +133,12 @@ def test_round_trip_decodes_the_quantised_tokens(tofc, test_images):
     assert (logits.argmax(-1) == labels).float().mean() >= 0.75
 
 
-def test_golden_bytes(tofc, test_images):
-    images, _ = test_images
-    with torch.inference_mode():
-        blob = b"".join(p.data for p in tofc.encode(tofc.device_forward(images[:4])))
-    assert hashlib.md5(blob).hexdigest() == GOLDEN_MD5
+def test_golden_bytes(tofc, test_images):  # tests/expected/tofc.json
+    assert_golden("tofc", "default", encode_images(tofc, test_images[0][:N_IMAGES]))
 
 
-def test_same_bytes_in_a_fresh_process(tofc, test_images):
-    images, _ = test_images
-    with torch.inference_mode():
-        here = hashlib.md5(b"".join(p.data for p in tofc.encode(tofc.device_forward(images[:4])))).hexdigest()
-    script = (
-        "import hashlib, torch\n"
-        "from splitbench import create_codec\n"
-        "from splitbench.data import build_dataset\n"
-        "from splitbench.models import build_model\n"
-        "task = build_model({'name': 'vit_fmnist', 'checkpoint': None, 'pretrained': True})\n"
-        "ds = build_dataset({'name': 'fashion_mnist', 'split': 'test', 'root': None, 'limit': 4})\n"
-        "c = create_codec('tofc'); c.bind(task)\n"
-        "x = torch.stack([ds[i][0] for i in range(4)])\n"
-        "with torch.inference_mode():\n"
-        "    print(hashlib.md5(b''.join(p.data for p in c.encode(c.device_forward(x)))).hexdigest())\n")
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == here
+def test_same_bytes_in_a_fresh_process():
+    assert_golden_in_fresh_process("tofc")
 
 
 def test_flipped_bit_is_rejected(tofc, test_images):

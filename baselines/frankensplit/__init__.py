@@ -19,7 +19,9 @@ Options (``codec.*``):
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Any
 
 import torch
 
@@ -28,9 +30,15 @@ from splitbench.codecs.bitstream import put_varint
 from splitbench.codecs.rans import check_latent, max_stream_bytes, table_max_value
 from splitbench.errors import ConfigError, PayloadError
 from splitbench.models.vit import vit_logits_from
+from splitbench.options import OneOf, Positive, Range
 
 from .model import PRIORS, Arch, FrankenSplitNet
 from .wire import CHECK_BYTES, NAME, pack_strings, padded, unpack_strings
+
+
+#: the shipped points' encoder/decoder widths (conf/codec/frankensplit.yaml restates them); never mutated
+SHIPPED_ARCH: Mapping[str, Any] = MappingProxyType({"channels": (32, 48), "latent": 32, "hyper_latent": 16,
+                                                    "decoder_blocks": 1})
 
 
 def checkpoint_name(prior: str, split: int, lmbda: float) -> str:
@@ -82,9 +90,9 @@ class FrankenSplitCodec(Codec):
     """Device: tiny conv encoder + range coder. Server: token decoder + frozen ViT tail."""
     client_options = frozenset({"lmbda", "prior", "split"})  # pick a shipped checkpoint; arch is fixed
 
-    def __init__(self, lmbda: float = 0.128, prior: str = "factorized", split: int = 1,
-                 checkpoint: str | None = None, arch: dict[str, Any] | None = None,
-                 train: dict[str, Any] | None = None) -> None:
+    def __init__(self, lmbda: Annotated[float, Positive] = 0.128, prior: Annotated[str, OneOf(*PRIORS)] = "factorized",
+                 split: Annotated[int, Range(0)] = 1, checkpoint: str | None = None,
+                 arch: dict[str, Any] | None = SHIPPED_ARCH, train: dict[str, Any] | None = None) -> None:
         self.arch = build_arch(prior, split, arch, lmbda)
         self.lmbda, self.prior, self.split = float(lmbda), prior, split
         weights = self.weights(NAME, {"prior": prior, "split": split, "lmbda": self.lmbda}, checkpoint,

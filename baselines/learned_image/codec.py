@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from splitbench.codecs import Codec, Payload, register_codec
 from splitbench.codecs.rans import max_stream_bytes, table_max_value
 from splitbench.errors import ConfigError, PayloadError
 from splitbench.metrics import psnr
+from splitbench.options import OneOf, Positive, Range
 
 from . import nets
 from .stream import CdfTable, LatentCoder
@@ -63,6 +64,12 @@ def shipped_name(family: str, lmbda: float) -> str:
     return f"{family}_lmbda{lmbda:g}"
 
 
+# declared ranges of the architecture options (nets._check_arch also refuses channels=2)
+Width = Annotated[int, Range(1, 1024)]
+Stages = Annotated[int, Range(1, 6)]
+Channels = Annotated[int, Range(1, 3)]
+
+
 class LearnedImageCodec(Codec):
     """Shared device/wire/server halves; subclasses give the network and its latent coding order."""
 
@@ -74,9 +81,7 @@ class LearnedImageCodec(Codec):
 
     # -- construction ------------------------------------------------------------------------------
     def _setup(self, lmbda: float, checkpoint: str | None, arch: dict[str, Any]) -> None:
-        if isinstance(lmbda, bool) or not isinstance(lmbda, (int, float)) or not lmbda > 0:
-            raise ConfigError(f"codec.lmbda for {self.family} must be a positive number, got {lmbda!r}")
-        self.lmbda = float(lmbda)
+        self.lmbda = float(lmbda)  # declared > 0 (the constructors' signatures)
         self.checkpoint = checkpoint
         self.arch = arch
         weights = self.weights(self.family, {"lmbda": self.lmbda}, checkpoint, f"codec.lmbda={self.lmbda:g}")
@@ -278,12 +283,10 @@ class ElicCodec(LearnedImageCodec):
     family = "elic"
     train_arch_keys = ("N", "M", "variant", "stages", "channels", "context")
 
-    def __init__(self, lmbda: float = 0.0067, checkpoint: str | None = None, variant: str = "official",
-                 N: int = 32, M: int = 48, stages: int = 3, channels: int = 1,
+    def __init__(self, lmbda: Annotated[float, Positive] = 0.0067, checkpoint: str | None = None,
+                 variant: Annotated[str, OneOf(*nets.ELIC_VARIANTS)] = "official",
+                 N: Width = 32, M: Width = 48, stages: Stages = 3, channels: Channels = 1,
                  context: list[int] | tuple[int, int] = (32, 24), train: dict[str, Any] | None = None) -> None:
-        if variant not in nets.ELIC_VARIANTS:
-            raise ConfigError(f"codec.variant {variant!r} is not an ELIC variant; valid: "
-                              f"{', '.join(nets.ELIC_VARIANTS)}")
         arch = dict(N=N, M=M, variant=variant, stages=stages, channels=channels, context=_context(context))
         nets._check_arch(N=N, M=M, stages=stages, channels=channels)
         self.variant = variant
@@ -344,8 +347,9 @@ class Bmshj2018Codec(LearnedImageCodec):
     family = "bmshj2018"
     train_arch_keys = ("N", "M", "stages", "channels")
 
-    def __init__(self, lmbda: float = 0.0067, checkpoint: str | None = None, N: int = 32, M: int = 48,
-                 stages: int = 3, channels: int = 1, train: dict[str, Any] | None = None) -> None:
+    def __init__(self, lmbda: Annotated[float, Positive] = 0.0067, checkpoint: str | None = None,
+                 N: Width = 32, M: Width = 48, stages: Stages = 3, channels: Channels = 1,
+                 train: dict[str, Any] | None = None) -> None:
         nets._check_arch(N=N, M=M, stages=stages, channels=channels)
         self._setup(lmbda, checkpoint, dict(N=N, M=M, stages=stages, channels=channels))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ import torch
 from splitbench.codecs import Codec, Payload, register_codec
 from splitbench.errors import ConfigError, PayloadError
 from splitbench.models import TaskModel, build_model
+from splitbench.options import OneOf, Range
 from splitbench.zoo import resolve
 
 from .attention import SCORES, EdgeOutput, edge_forward
@@ -29,20 +30,6 @@ from .policy import GATES, SELECTIONS, select, uncertainty
 from .server import grid_of, kept_logits
 from .wire import (PIXEL_CODINGS, Grid, JpegPixels, decode_lossless, encode_lossless, mask_bytes,
                    max_payload_bytes, pack_payload, unpack_payload)
-
-
-def _choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
-    if value not in valid:
-        raise ConfigError(f"codec.{key} must be one of {', '.join(valid)}; got {value!r}")
-    return value
-
-
-def _number(key: str, value: Any, low: float, high: float, integer: bool = False) -> Any:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or not low <= value <= high:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"codec.{key} must be {kind} in [{low}, {high}]; got {value!r}")
-    return value if integer else float(value)
 
 
 def load_edge(name: str, checkpoint: str | None) -> TaskModel:
@@ -103,25 +90,18 @@ class PatchSelCodec(EdgeCodec):
     client_options = frozenset({"eta", "delta", "gate", "selection", "k", "threshold", "score", "pixels",
                                 "quality", "abbreviated", "server_weights"})
 
-    def __init__(self, eta: float = 0.4, delta: float = 0.97, gate: str = "min_entropy",
-                 selection: str = "cumulative", k: int = 16, threshold: float = 0.02,
-                 score: str = "cls_attention", pixels: str = "lossless", quality: int = 75,
-                 abbreviated: bool = True, edge_model: str = "vit_edge", edge_checkpoint: str | None = None,
+    def __init__(self, eta: Annotated[float, Range(0)] = 0.4, delta: Annotated[float, Range(0, 1)] = 0.97,
+                 gate: Annotated[str, OneOf(*GATES)] = "min_entropy",
+                 selection: Annotated[str, OneOf(*SELECTIONS)] = "cumulative",
+                 k: Annotated[int, Range(1, 10_000)] = 16, threshold: Annotated[float, Range(0, 1)] = 0.02,
+                 score: Annotated[str, OneOf(*SCORES)] = "cls_attention",
+                 pixels: Annotated[str, OneOf(*PIXEL_CODINGS)] = "lossless",
+                 quality: Annotated[int, Range(1, 100)] = 75, abbreviated: bool = True,
+                 edge_model: str = "vit_edge", edge_checkpoint: str | None = None,
                  server_weights: str | None = None, train: dict[str, Any] | None = None) -> None:
-        self.eta = _number("eta", eta, 0.0, math.inf)
-        self.delta = _number("delta", delta, 0.0, 1.0)
-        self.gate = _choice("gate", gate, GATES)
-        self.selection = _choice("selection", selection, SELECTIONS)
-        self.k = _number("k", k, 1, 10_000, integer=True)
-        self.threshold = _number("threshold", threshold, 0.0, 1.0)
-        self.score = _choice("score", score, SCORES)
-        self.pixels = _choice("pixels", pixels, PIXEL_CODINGS)
-        self.quality = _number("quality", quality, 1, 100, integer=True)
-        if not isinstance(abbreviated, bool):
-            raise ConfigError(f"codec.abbreviated must be true or false; got {abbreviated!r}")
-        self.abbreviated = abbreviated
-        if server_weights is not None and not isinstance(server_weights, str):
-            raise ConfigError(f"codec.server_weights must be a shipped model name or null; got {server_weights!r}")
+        self.eta, self.delta, self.threshold = float(eta), float(delta), float(threshold)
+        self.gate, self.selection, self.k, self.score = gate, selection, k, score
+        self.pixels, self.quality, self.abbreviated = pixels, quality, abbreviated
         self.server_weights = server_weights
         self._jpeg = JpegPixels(self.quality, self.abbreviated)
         super().__init__(edge_model, edge_checkpoint)

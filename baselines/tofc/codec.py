@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from torch import nn
 from splitbench.codecs import Codec, Payload, register_codec
 from splitbench.errors import CheckpointError, ConfigError, PayloadError
 from splitbench.models.vit import vit_logits_from, vit_tokens_until
+from splitbench.options import OneOf, Range
 
 from .coder import TokenCoder
 from .dpc_knn import dpc_knn_merge
@@ -53,11 +54,6 @@ def tail_modules(net: nn.Module, split: int) -> nn.ModuleList:
     return nn.ModuleList([*net.blocks[split:], net.norm, net.fc_norm, net.head])
 
 
-def _check(cond: bool, key: str, value: Any, valid: str) -> None:
-    if not cond:
-        raise ConfigError(f"codec.{key} for tofc must be {valid}, got {value!r}")
-
-
 @register_codec("tofc")
 class TofcCodec(Codec):
     """Split ViT + DPC-KNN token merging + selective hyperprior entropy coding."""
@@ -67,21 +63,13 @@ class TofcCodec(Codec):
     client_options = frozenset({"split", "n_clusters", "k", "entropy", "distribution", "n_experts", "lmbda",
                                 "finetune_tail", "transform"})
 
-    def __init__(self, split: int = 3, n_clusters: int = 8, k: int = 5, entropy: str = "hyperprior",
-                 distribution: str = "laplace", n_experts: int = 4, lmbda: float = 0.002,
+    def __init__(self, split: Annotated[int, Range(0)] = 3, n_clusters: Annotated[int, Range(1)] = 8,
+                 k: Annotated[int, Range(1)] = 5, entropy: Annotated[str, OneOf(*ENTROPY_MODES)] = "hyperprior",
+                 distribution: Annotated[str, OneOf(*CONDITIONALS)] = "laplace",
+                 n_experts: Annotated[int, Range(1)] = 4, lmbda: Annotated[float, Range(0)] = 0.002,
                  checkpoint: str | None = None, finetune_tail: bool = False,
-                 transform: str = "pca", hyper_channels: int = 8, hidden: int = 64,
-                 train: dict[str, Any] | None = None) -> None:
-        _check(isinstance(split, int) and split >= 0, "split", split, "an integer >= 0")
-        _check(isinstance(n_clusters, int) and n_clusters >= 1, "n_clusters", n_clusters, "an integer >= 1")
-        _check(isinstance(k, int) and k >= 1, "k", k, "an integer >= 1")
-        _check(entropy in ENTROPY_MODES, "entropy", entropy, f"one of {', '.join(ENTROPY_MODES)}")
-        _check(distribution in CONDITIONALS, "distribution", distribution, f"one of {', '.join(CONDITIONALS)}")
-        _check(isinstance(n_experts, int) and n_experts >= 1, "n_experts", n_experts, "an integer >= 1")
-        _check(isinstance(lmbda, (int, float)) and lmbda >= 0, "lmbda", lmbda, "a number >= 0")
-        _check(transform in TRANSFORMS, "transform", transform, f"one of {', '.join(TRANSFORMS)}")
-        for key, value in (("hyper_channels", hyper_channels), ("hidden", hidden)):
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, value, "an integer >= 1")
+                 transform: Annotated[str, OneOf(*TRANSFORMS)] = "pca", hyper_channels: Annotated[int, Range(1)] = 8,
+                 hidden: Annotated[int, Range(1)] = 64, train: dict[str, Any] | None = None) -> None:
         self.split, self.n_clusters, self.k = split, n_clusters, k
         self.entropy, self.distribution, self.n_experts = entropy, distribution, n_experts
         self.lmbda, self.checkpoint, self.finetune_tail = float(lmbda), checkpoint, bool(finetune_tail)

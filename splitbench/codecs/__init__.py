@@ -39,12 +39,11 @@ def list_codecs() -> list[str]:
 
 
 def create_codec(name: str, **options: Any) -> Codec:
-    """Build a codec by name; unknown names and options raise a ConfigError listing valid ones."""
+    """Build a codec by name; unknown names and options raise a ConfigError listing valid ones
+    (the codec's own constructor checks and records its options: splitbench.codecs.base)."""
     cls = CODECS.get(name)
-    check_options(cls, options)  # type: ignore[arg-type]
-    codec = cls(**options)
-    codec._options = dict(options)  # type: ignore[attr-defined]
-    return codec
+    check_options(cls, options)  # type: ignore[arg-type]  (a non-mapping never reaches **)
+    return cls(**options)
 
 
 __all__ = [

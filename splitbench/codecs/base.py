@@ -11,14 +11,15 @@ reports is ``len(payload.data)``, the bytes the decoder really decoded.
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
 import math
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 
 from ..errors import ConfigError
+from ..options import check, declared, plain
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import TaskModel
@@ -66,7 +67,8 @@ class Codec(abc.ABC):
     """Base class of every registered codec.
 
     Subclasses declare their options as keyword arguments of ``__init__`` (the config keys under
-    ``codec.``) and set ``name``. ``sends_image`` marks codecs whose payload is the network input
+    ``codec.``), ranges and choices as ``Annotated`` metadata (splitbench.options), and set
+    ``name``. Every construction is checked against that declaration and recorded (``options()``). ``sends_image`` marks codecs whose payload is the network input
     (so bits per pixel are meaningful).
     """
 
@@ -79,6 +81,16 @@ class Codec(abc.ABC):
     #: (architecture, training, checkpoint paths) is the server's: a client may only restate its
     #: default (splitbench.live.options). Default: none.
     client_options: ClassVar[frozenset[str]] = frozenset()
+    #: options that only configure training: validated like the others, but not recorded in
+    #: options() (they do not change an inference run's records)
+    training_options: ClassVar[frozenset[str]] = frozenset({"train"})
+    _options: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_records_options", False):
+            cls.__init__ = _recording(init)  # type: ignore[method-assign]
 
     task: "TaskModel"
 
@@ -124,12 +136,9 @@ class Codec(abc.ABC):
         return self.name
 
     def options(self) -> dict[str, Any]:
-        """The options this codec was created with (part of the record cache key).
-
-        ``train`` (the ``codec.train.*`` settings) is left out: how weights were trained changes the
-        records only through the weights, whose fingerprint is in the key already.
-        """
-        return {k: v for k, v in getattr(self, "_options", {}).items() if k != "train"}
+        """Every declared option's value for this codec, defaults filled in, training knobs left out
+        (part of the record cache key; what mode=live sends the edge server)."""
+        return dict(getattr(self, "_options", {}))
 
     # -- weights -----------------------------------------------------------------------------
     @classmethod
@@ -141,8 +150,7 @@ class Codec(abc.ABC):
         """
         codec = cls.__new__(cls)
         codec._given_weights = weights
-        codec.__init__(**options)  # type: ignore[misc]
-        codec._options = dict(options)
+        codec.__init__(**options)  # type: ignore[misc]  (records options like any construction)
         return codec
 
     def weights(self, family: str, point: dict[str, Any], checkpoint: Any = None, train_hint: str = "") -> "Weights":
@@ -161,38 +169,33 @@ class Codec(abc.ABC):
 
 def accepted_options(cls: type[Codec]) -> list[str]:
     """Names of the keyword options a codec class accepts."""
-    params = inspect.signature(cls.__init__).parameters
-    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return [p for p, v in params.items() if p != "self" and v.kind in kinds]
-
-
-# Declared option types checked here, before a codec runs: the ones a codec would otherwise coerce
-# silently (``bool([])``) or crash on. Numbers and choice strings are left to the codecs, whose
-# own checks name the valid range or choices.
-_TYPES: dict[str, tuple[type, str]] = {"bool": (bool, "true or false"), "dict": (dict, "a mapping"),
-                                       "None": (type(None), "null"), "str": (str, "a string")}
+    return [o.name for o in declared(cls.__init__)]
 
 
 def check_options(cls: type[Codec], options: Any) -> None:
-    """ConfigError for options that are not a mapping, unknown names, or values of the wrong kind."""
-    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
-        raise ConfigError(f"codec options for {cls.name!r} must be a mapping of option names to values, "
-                          f"got {options!r}")
-    valid = accepted_options(cls)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"codec {cls.name!r} has no option {', '.join(repr('codec.' + u) for u in unknown)}; "
-            f"valid options: {', '.join('codec.' + v for v in valid) or '(none)'}"
-        )
-    params = inspect.signature(cls.__init__).parameters
-    for key, value in options.items():
-        annotation = params[key].annotation
-        if not isinstance(annotation, str):
-            continue
-        kinds = [part.strip().split("[")[0] for part in annotation.split("|")]
-        if kinds == ["str"] or not set(kinds) <= set(_TYPES):
-            continue
-        if not any(isinstance(value, _TYPES[k][0]) for k in kinds):
-            raise ConfigError(f"codec.{key} for {cls.name} must be {' or '.join(_TYPES[k][1] for k in kinds)}, "
-                              f"got {value!r}")
+    """ConfigError for options that are not a mapping, unknown names, or values outside their
+    declared kind, range or choices (splitbench.options), before anything is built."""
+    check(options, declared(cls.__init__), "codec", cls.name or cls.__name__)
+
+
+def _recording(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a codec's ``__init__``: the outermost constructor checks the arguments against the
+    declaration and records them, defaults filled in, as :meth:`Codec.options`."""
+
+    @functools.wraps(init)
+    def wrapper(self: Codec, *args: Any, **kwargs: Any) -> None:
+        cls = type(self)
+        if cls.__init__ is wrapper:  # not a base class's __init__ reached through super()
+            check_options(cls, kwargs)
+            try:
+                bound = inspect.signature(init).bind(self, *args, **kwargs)
+            except TypeError as err:
+                raise ConfigError(f"codec {cls.name!r}: {err}") from None
+            bound.apply_defaults()
+            values = dict(list(bound.arguments.items())[1:])
+            check_options(cls, values)
+            self._options = {k: plain(v) for k, v in values.items() if k not in cls.training_options}
+        init(self, *args, **kwargs)
+
+    wrapper._records_options = True  # type: ignore[attr-defined]
+    return wrapper

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from torch.utils.data import Dataset, Subset
 
 from ..errors import ConfigError, DataError
+from ..options import check, declared, open_ended
 from ..registry import Registry
 
 DATASETS: Registry[Dataset] = Registry("dataset", group="splitbench.datasets")
@@ -33,6 +34,8 @@ def build_dataset(cfg: Any, split: str | None = None, model: Any = None) -> Data
     if split is not None:
         options["split"] = split
     factory = DATASETS.get(cfg["name"])
+    if not open_ended(factory):  # the factory's signature is the declaration (splitbench.options)
+        check(options, declared(factory), "data", cfg["name"])
     if model is not None and "model" in inspect.signature(factory).parameters:
         options["model"] = model
     dataset = factory(**options)

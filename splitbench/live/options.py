@@ -6,44 +6,34 @@ at files on its own disk (``checkpoint``), make it build a network of any size b
 fail to fit (``arch``, ``N``, ``M``, ``channels``: a 74-byte OPEN once built 432 MiB), or reach
 training-only knobs. The rule, local and declared per codec class:
 
+* every option must fit its declaration (splitbench.options: kind, range, choices), the same check
+  every construction gets;
 * an option in the class's ``client_options`` (the rate point and other knobs that pick among
-  shipped weights) may take any JSON scalar within :data:`MAX_NUMBER` / :data:`MAX_TEXT`; the codec's
-  own constructor then checks its range, and the server builds it in a worker it can kill;
-* any other option is the server's: a client may leave it out or restate the server's value (its
-  ``conf/codec/<name>.yaml`` default or the constructor default, which is what ``mode=live`` sends),
-  nothing else. So a client can never build a different network than a shipped checkpoint.
+  shipped weights) may take any JSON scalar within :data:`MAX_NUMBER` / :data:`MAX_TEXT`; the
+  server builds the codec in a worker it can kill;
+* any other option is the server's: a client may leave it out or restate its declared default
+  (which ``conf/codec/<name>.yaml`` restates and ``mode=live`` sends), nothing else. So a client can never build a different network than a shipped checkpoint.
 
 All checks run before the codec is constructed.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from typing import Any
 
-import yaml
-
-from ..codecs.base import Codec, check_options
+from ..codecs.base import Codec, accepted_options, check_options
 from ..errors import ConfigError
-from ..paths import CONF_DIR
+from ..options import declared, defaults
 
 MAX_NUMBER = 1e6   # largest magnitude of a numeric option a client may send
 MAX_TEXT = 128     # longest string option a client may send
 
 
-def server_defaults(cls: type[Codec]) -> dict[str, list[Any]]:
-    """Every value the server counts as its own for each option: YAML default and signature default."""
-    out: dict[str, list[Any]] = {}
-    for name, param in inspect.signature(cls.__init__).parameters.items():
-        if param.default is not inspect.Parameter.empty:
-            out.setdefault(name, []).append(_normal(param.default))
-    path = CONF_DIR / "codec" / f"{cls.name}.yaml"
-    if path.exists():
-        for key, value in (yaml.safe_load(path.read_text()) or {}).items():
-            if key != "name":
-                out.setdefault(key, []).append(_normal(value))
-    return out
+def server_defaults(cls: type[Codec]) -> dict[str, Any]:
+    """The value the server counts as its own for each option: the declared default (which
+    ``conf/codec/<name>.yaml`` restates, tests/test_options.py holds them equal)."""
+    return {key: _normal(value) for key, value in defaults(declared(cls.__init__)).items()}
 
 
 def _normal(value: Any) -> Any:
@@ -61,9 +51,10 @@ def _scalar_ok(value: Any) -> bool:
 
 def check_client_options(cls: type[Codec], options: dict[str, Any]) -> None:
     """Raise ConfigError naming the first option a remote client may not send; build nothing."""
-    check_options(cls, options)  # unknown keys: the usual message listing the valid ones
+    if not isinstance(options, dict) or set(options) - set(accepted_options(cls)):
+        check_options(cls, options)  # not a mapping, or unknown keys: the usual one-line message
     free = cls.client_options
-    defaults = server_defaults(cls)
+    own = server_defaults(cls)
     for key in sorted(options):
         value = options[key]
         if key in free:
@@ -71,11 +62,12 @@ def check_client_options(cls: type[Codec], options: dict[str, Any]) -> None:
                 raise ConfigError(f"codec {cls.name!r}: option codec.{key} from a client must be a number "
                                   f"(|x| <= {MAX_NUMBER:g}), a string (<= {MAX_TEXT} chars), true/false or null; "
                                   f"got {type(value).__name__}")
-        elif _normal(value) not in defaults.get(key, []):
+        elif key not in own or _normal(value) != own[key]:
             settable = ", ".join(f"codec.{k}" for k in sorted(free)) or "(none)"
             raise ConfigError(f"codec {cls.name!r}: option codec.{key} is fixed by the edge server (architecture, "
                               f"training and checkpoint options would build or load something other than its "
                               f"shipped weights); a client may only set {settable}")
+    check_options(cls, options)  # then each value against its declared kind, range or choices
 
 
 __all__ = ["check_client_options", "server_defaults", "MAX_NUMBER", "MAX_TEXT"]

@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -35,11 +35,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from ..channel import Link, link_from_config
-from ..codecs import create_codec
+from ..channel import Link
 from ..errors import ConfigError
+from ..job import Job
+from ..latency import price
 from ..paths import REPO_ROOT
-from ..results import RESULTS_FILE, write_results
+from ..results import write_results
 from .client import LiveClient, LiveError
 from .protocol import HEADER_SIZE, RemoteError
 from .shaping import primer_size, shaped_link, shaping_unavailable
@@ -188,48 +189,29 @@ def endpoint(cfg: DictConfig, live: dict[str, Any], link: Link, model_cfg: dict[
 
 
 # -- the job -----------------------------------------------------------------------------------
-def execute_live(cfg: DictConfig, run_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Model-mode rows plus measured live columns; writes results.csv and live_records.csv."""
-    from .. import run as runner
-    from ..latency import price
-    from ..data import dataset_identity
-    from ..measure import measured_records
-    from ..compute import profile_from_config
+def run_live(job: Job, live: dict[str, Any], run_model: Callable[[], Any],
+             run_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The live executor: model-mode rows (``run_model()``, the model executor over the same job)
+    plus measured live columns; writes results.csv and live_records.csv.
 
-    live = live_options(cfg)
-    if run_dir is not None and cfg.results.resume and (run_dir / RESULTS_FILE).exists():
-        print(f"splitbench: {run_dir / RESULTS_FILE} exists, skipping (results.resume=true)")
-        return pd.read_csv(run_dir / RESULTS_FILE).to_dict("records")
-    link = link_from_config(OmegaConf.to_container(cfg.bandwidth, resolve=True))
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    name, options = runner._codec_options(OmegaConf.to_container(cfg.codec, resolve=True))
-    create_codec(name, **options)  # options checked before anything runs
-
-    as_model = cfg.copy()
-    as_model.mode = "model"
-    task = runner.load_task_model(model_cfg)
-    codec = create_codec(name, **options)
+    The server is reached and the session opened before anything is measured (fail fast), and the
+    job's one codec runs both the measurement and the live samples.
+    """
+    codec, task = job.codec, job.task
     codec.bind(task)
-    with endpoint(cfg, live, link, model_cfg) as ep:
+    with endpoint(job.cfg, live, job.link, job.model_cfg) as ep:
         print(f"splitbench: live link: {ep.description}; server {ep.host}:{ep.port}"
               f"{f'; +{ep.rtt_ms:g} ms RTT at the server' if ep.rtt_ms else ''}", flush=True)
         with _session(ep, live, codec, task):  # fail fast: server reachable, codec and model agree
             pass
-        rows = runner.execute(as_model, None)  # measured records priced by the latency model
-        dataset = runner.load_dataset(data_cfg, task)
-        data_cfg = {**data_cfg, **dataset_identity(dataset)}  # the key execute() used
-        store = runner._STORES.get(bool(cfg.measure.cache))
-        records, _, _ = measured_records(create_codec(name, **options), task, dataset, data_cfg,
-                                         int(cfg.measure.batch_size), store, progress=False,
-                                         clock=str(cfg.measure.get("clock", "wall")))  # execute's records
+        measured = run_model()  # measured records priced by the latency model
+        records = measured.records
         with _session(ep, live, codec, task) as (client, codec_id):
-            samples = _run_live(client, codec_id, codec, dataset, ep, live, bool(cfg.measure.progress))
-    device = profile_from_config(OmegaConf.to_container(cfg.device, resolve=True), "device")
-    server = profile_from_config(OmegaConf.to_container(cfg.server, resolve=True), "server")
-    predicted = price(records, link, device, server)["lat_total"].to_numpy() * 1e3
+            samples = _run_live(client, codec_id, codec, job.dataset, ep, live, job.measure.progress)
+    predicted = price(records, job.link, job.device, job.server)["lat_total"].to_numpy() * 1e3
     samples["model_latency_ms"] = predicted[: len(samples)]
     samples["model_pred"] = records["pred"].to_numpy()[: len(samples)]
+    rows = measured.rows
     row = rows[0]
     row.update(_live_columns(samples, ep))
     if run_dir is not None:

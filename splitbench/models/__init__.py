@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..options import check, declared, open_ended
 from ..registry import Registry
 from ..zoo import Weights, resolve
 from .hub import offline_unless_reachable
@@ -67,6 +68,8 @@ def build_model(cfg: Any) -> TaskModel:
     factory = MODELS.get(name) if name in MODELS else _timm_model
     if factory is _timm_model:
         options["name"] = name
+    elif not open_ended(factory):  # the factory's signature is the declaration (splitbench.options)
+        check(options, declared(factory), "model", name)
     model = factory(**options)
     model.eval()
     for p in model.parameters():
