@@ -25,12 +25,13 @@ from .paths import REPO_ROOT
 SIX = "0.1mbps,1mbps,5mbps,10mbps,25mbps,100mbps"
 
 
-def timed_run(args: list[str], cache: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of ``python -m splitbench args`` in a fresh process."""
-    env = dict(os.environ, SPLITBENCH_CACHE=str(cache))
+def timed_run(args: list[str], cache: Path, root: Path = REPO_ROOT) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of ``python -m splitbench args`` in a fresh process, run
+    from the checkout ``root`` (its own splitbench first on the path; another checkout for a baseline)."""
+    env = dict(os.environ, SPLITBENCH_CACHE=str(cache), PYTHONPATH=str(root))
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "splitbench", *args], cwd=REPO_ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "splitbench", *args], cwd=root, env=env,
                                 stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this child alone
         wall = time.perf_counter() - start
@@ -49,9 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overhead-limit", type=int, default=500,
                    help="images for the in-process overhead figures (bare loop, coding share, CPU hog)")
     p.add_argument("--skip-runs", action="store_true", help="only the overhead table")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="another checkout (e.g. `git worktree add /tmp/base <commit>`): its default run is timed "
+                        "interleaved with this one's, cold caches, and the ratio printed")
     args = p.parse_args(argv)
     if args.skip_runs:
-        return overhead_table(args.limit, args.overhead_limit)
+        return overhead_table(args.limit, args.overhead_limit, args.baseline)
     limit = [f"data.limit={args.limit}"] if args.limit else []
     n = args.limit or 10_000
     tmp = Path(tempfile.mkdtemp(prefix="splitbench-bench-"))
@@ -78,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| codec | run | wall s | images/s | peak RSS MiB |\n|---|---|---:|---:|---:|")
     for codec, what, wall, ips, rss in rows:
         print(f"| {codec} | {what} | {wall:.1f} | {ips:.0f} | {rss:.0f} |")
-    return overhead_table(args.limit, args.overhead_limit)
+    return overhead_table(args.limit, args.overhead_limit, args.baseline)
 
 
 def _load() -> str:
     return "load %.2f %.2f %.2f" % os.getloadavg()
 
 
-def overhead_table(limit: int | None, small: int) -> int:
+def overhead_table(limit: int | None, small: int, baseline: Path | None = None) -> int:
     """splitbench's own cost, one table; each figure is a ratio measured in this invocation."""
     import torch
 
@@ -113,6 +117,17 @@ def overhead_table(limit: int | None, small: int) -> int:
                                         f"measure.workers={w}", f"hydra.run.dir={tmp}/w{w}-{rnd}",
                                         *([f"data.limit={limit}"] if limit else [])], cache)
                 walls[w].append(wall)
+        if baseline is not None:  # the same default command in both checkouts, A B A B, cold caches
+            default = ["measure.progress=false", *([f"data.limit={limit}"] if limit else [])]
+            pair: dict[str, list[float]] = {"new": [], "base": []}
+            for rnd in range(2):
+                for which, root in (("base", Path(baseline)), ("new", REPO_ROOT)):
+                    wall, _, _ = timed_run([*default, f"hydra.run.dir={tmp}/{which}-{rnd}"], tmp / f"cache-{which}-{rnd}",
+                                           root)
+                    pair[which].append(wall)
+            new_s, base_s = min(pair["new"]), min(pair["base"])
+            add(f"default run (`python -m splitbench`), {n} images, cold: this / baseline",
+                f"{new_s:.1f} s / {base_s:.1f} s = {new_s / base_s:.2f}x", "<= 0.5x", new_s / base_s <= 0.5)
         w1, w2 = min(walls[1]), min(walls[2])
         add(f"jpeg default run, {n} images, cold: workers=2 / workers=1", f"{w2:.1f} s / {w1:.1f} s = {w2 / w1:.2f}x",
             "<= 0.5x of 31.7 s (2 cores)", w2 <= 0.5 * 31.7 if n == 10_000 else None)

@@ -450,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the mutations")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds one decode may take before it is a hang")
     parser.add_argument("--out", default="", help="directory for fuzz.csv and fuzz.md (e.g. results/fuzz)")
+    parser.add_argument("--live", type=int, default=0, metavar="FRAMES",
+                        help="then send this many hostile frames to a spawned edge server (splitbench.live.fuzz)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -491,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
             writer.writerow(COLUMNS)
             writer.writerows(rows(all_stats))
         (out / "fuzz.md").write_text(markdown(all_stats) + "\n")
+    if args.live:
+        from .live.fuzz import main as live_fuzz
+
+        print()
+        live_fuzz(["--frames", str(args.live), "--seed", str(args.seed),
+                   *(["--out", str(Path(args.out) / "live_fuzz.md")] if args.out else [])])
     return 0 if all(s.ok for s in all_stats) else 1
 
 
