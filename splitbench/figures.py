@@ -49,11 +49,6 @@ SUITES, SUITE_ARGS = load_suites()
 CLOCK_ARGS = ["measure.clock=cpu", "measure.threads=1"]
 
 
-def register_sweep(suite: str, name: str, overrides: list[str]) -> None:
-    SUITES.setdefault(suite, {})[name] = overrides
-    SUITE_ARGS.setdefault(suite, [])
-
-
 def _codec_of(overrides: list[str]) -> str:
     return next(o.split("=", 1)[1] for o in overrides if o.startswith("codec="))
 

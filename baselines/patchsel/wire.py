@@ -55,12 +55,6 @@ class Grid:
         c, p = self.channels, self.patch
         return image.reshape(c, self.rows, p, self.cols, p).transpose(1, 3, 0, 2, 4).reshape(-1, c, p, p)
 
-    def from_patches(self, patches: np.ndarray) -> np.ndarray:
-        """(P, C, p, p) -> (C, H, W), the inverse of :meth:`to_patches`."""
-        c, p = self.channels, self.patch
-        return patches.reshape(self.rows, self.cols, c, p, p).transpose(2, 0, 3, 1, 4).reshape(
-            c, self.rows * p, self.cols * p)
-
 
 # -- the kept-patch set: combinatorial number system ------------------------------------------------
 def mask_bytes(total: int, n: int) -> int:

@@ -51,10 +51,6 @@ def _base(dataset: Dataset) -> Dataset:
     return dataset.dataset if isinstance(dataset, Subset) else dataset
 
 
-def dataset_classes(dataset: Dataset) -> list[str] | None:
-    return getattr(_base(dataset), "classes", None)
-
-
 def dataset_identity(dataset: Dataset) -> dict[str, Any]:
     """What identifies the samples beyond the config (an image folder's contents), for cache keys."""
     fingerprint = getattr(_base(dataset), "fingerprint", None)

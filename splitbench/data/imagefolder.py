@@ -32,7 +32,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError
