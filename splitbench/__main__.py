@@ -32,7 +32,10 @@ def main() -> None:
         rows = execute(cfg, run_dir, loaded)
         print_summary(rows, run_dir, time.perf_counter() - start)
 
-    app()
+    try:
+        app()
+    finally:
+        loaded.close()  # stop measuring workers before the interpreter exits
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .measure import CLOCKS, RecordStore
 from .models import TaskModel, build_model
 from .options import OneOf, Range, build
+from .shard import Pools
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Loaded:
     models: dict[str, TaskModel] = field(default_factory=dict)
     datasets: dict[str, Dataset] = field(default_factory=dict)
     stores: dict[bool, RecordStore] = field(default_factory=dict)
+    pools: Pools = field(default_factory=Pools)  # measuring worker pools (measure.workers > 1)
 
     def task_model(self, model_cfg: dict[str, Any]) -> TaskModel:
         key = _key(model_cfg)
@@ -74,6 +76,10 @@ class Loaded:
     def store(self, enabled: bool) -> RecordStore:
         return self.stores.setdefault(enabled, RecordStore(enabled=enabled))
 
+    def close(self) -> None:
+        """Stop the worker pools (the owner calls this when it has run its jobs)."""
+        self.pools.close()
+
 
 @dataclass
 class Job:
@@ -91,6 +97,7 @@ class Job:
     data_cfg: dict[str, Any]  # with the dataset's identity (an image folder's contents), for cache keys
     store: RecordStore
     measure: MeasureSettings
+    pools: Pools  # the owner's measuring worker pools
 
 
 def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
@@ -122,7 +129,7 @@ def build_job(cfg: DictConfig, loaded: Loaded) -> Job:
     reference = create_codec(measure.reference) if measure.reference else None
     return Job(cfg=cfg, link=link, device=device, server=server, codec=codec, reference=reference, task=task,
                dataset=dataset, model_cfg=model_cfg, data_cfg={**data_cfg, **dataset_identity(dataset)},
-               store=loaded.store(measure.cache), measure=measure)
+               store=loaded.store(measure.cache), measure=measure, pools=loaded.pools)
 
 
 __all__ = ["Job", "Loaded", "MeasureSettings", "build_job", "codec_from_config", "measure_settings"]

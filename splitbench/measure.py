@@ -220,13 +220,15 @@ def resolve_workers(workers: int | str | None, n_samples: int, threads: int | No
 def measured_records(codec: Codec, task: TaskModel, dataset: Dataset, data_cfg: dict[str, Any],
                      batch_size: int = 1, store: RecordStore | None = None, progress: bool = True,
                      clock: str = "wall", threads: int | None = None, workers: int | str | None = 1,
-                     model_cfg: dict[str, Any] | None = None) -> tuple[pd.DataFrame, str, bool]:
+                     model_cfg: dict[str, Any] | None = None,
+                     pools: "shard.Pools | None" = None) -> tuple[pd.DataFrame, str, bool]:
     """Records from the cache or a fresh measurement: (records, key, was_cached); their measuring
     conditions are ``store.conditions(key)``.
 
     ``threads``: torch intra-op threads of each measuring process (None: as set now). ``workers`` > 1
     shards the samples across processes (splitbench.shard); that needs ``model_cfg`` and a
-    registered codec, so the workers can rebuild the same objects.
+    registered codec, so the workers can rebuild the same objects. ``pools``: the caller's worker
+    pools to reuse (``job.Loaded.pools``); without them the workers live for this call only.
     """
     store = store if store is not None else RecordStore()  # callers running many jobs pass theirs (job.Loaded)
     threads = int(threads or torch.get_num_threads())
@@ -259,7 +261,9 @@ def measured_records(codec: Codec, task: TaskModel, dataset: Dataset, data_cfg: 
         else:
             from . import shard
 
-            pool = shard.pool_for(model_cfg, data_cfg, nproc, threads, clock, batch_size)
+            owned = pools is None  # a one-off measurement starts and stops its own workers
+            pools = pools if pools is not None else shard.Pools()
+            pool = pools.get(model_cfg, data_cfg, nproc, threads, clock, batch_size)
             own[0] = 1 + pool.alive()
             measurer = Measurer(codec, task, dataset, batch_size, clock)
             sampler.sample(own[0])
@@ -267,8 +271,11 @@ def measured_records(codec: Codec, task: TaskModel, dataset: Dataset, data_cfg: 
                 df = pool.run(codec.name, codec.options(), key, shard.chunks_for(n, nproc, batch_size),
                               lambda a, b: pd.DataFrame(measurer.records(a, b, on_batch)), bar.update)
             except BaseException:
-                shard.discard(pool)
+                pools.discard(pool)
                 raise
+            finally:
+                if owned:
+                    pools.close()
     finally:
         bar.close()
     sampler.sample(own[0])

@@ -63,7 +63,8 @@ def run_model(job: Job) -> Measured:
     """The model executor: measure the codec's (and the reference's) records once, price them under
     the job's link and profiles; one row each."""
     m = job.measure
-    how = dict(clock=m.clock, threads=m.threads, workers=_workers_setting(m.workers), model_cfg=job.model_cfg)
+    how = dict(clock=m.clock, threads=m.threads, workers=_workers_setting(m.workers), model_cfg=job.model_cfg,
+               pools=job.pools)
     args = (job.task, job.dataset, job.data_cfg, m.batch_size, job.store, m.progress)
     reference = ref_key = None
     ref_codec = job.reference
@@ -115,12 +116,18 @@ def execute(cfg: DictConfig, run_dir: Path | None = None, loaded: Loaded | None 
     if run_dir is not None and cfg.results.resume and (run_dir / RESULTS_FILE).exists():
         print(f"splitbench: {run_dir / RESULTS_FILE} exists, skipping (results.resume=true)")
         return pd.read_csv(run_dir / RESULTS_FILE).to_dict("records")
-    job = build_job(cfg, loaded if loaded is not None else Loaded())
-    if cfg.mode == "live":  # the same row, plus latency measured over a real link (splitbench.live)
-        from .live.runner import run_live
+    own = loaded is None  # a one-off job owns what it builds, its worker pools included
+    loaded = loaded if loaded is not None else Loaded()
+    try:
+        job = build_job(cfg, loaded)
+        if cfg.mode == "live":  # the same row, plus latency measured over a real link (splitbench.live)
+            from .live.runner import run_live
 
-        return run_live(job, live, lambda: run_model(job), run_dir)
-    rows = run_model(job).rows
+            return run_live(job, live, lambda: run_model(job), run_dir)
+        rows = run_model(job).rows
+    finally:
+        if own:
+            loaded.close()
     if run_dir is not None:
         write_results(rows[:1], run_dir)
     return rows

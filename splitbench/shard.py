@@ -13,7 +13,6 @@ parent as the same one-line SplitbenchError; a dead worker is an error, never a 
 """
 from __future__ import annotations
 
-import atexit
 import multiprocessing as mp
 import os
 import queue
@@ -24,7 +23,6 @@ import pandas as pd
 from . import errors
 from .errors import SplitbenchError
 
-_POOLS: dict[str, "Pool"] = {}
 
 
 def chunks_for(n: int, workers: int, batch_size: int) -> list[tuple[int, int]]:
@@ -166,34 +164,41 @@ class Pool:
                 p.join()
 
 
-def pool_for(model_cfg: dict, data_cfg: dict, workers: int, threads: int | None, clock: str,
-             batch_size: int) -> Pool:
-    """A live pool for these settings (reused across measurements in this process)."""
-    import json
+class Pools:
+    """The measuring worker pools of one owner (``job.Loaded``), reused across its measurements.
 
-    key = json.dumps([model_cfg, data_cfg, workers, threads, clock, batch_size], sort_keys=True, default=str)
-    pool = _POOLS.get(key)
-    if pool is not None and pool.alive() < len(pool.procs):
-        discard(pool)
-        pool = None
-    if pool is None:
-        pool = _POOLS[key] = Pool(model_cfg, data_cfg, workers, threads, clock, batch_size)
-    return pool
+    A pool outlives a single measurement (the reference and the codec of a run, the jobs of a
+    basic-launcher sweep share one), so its owner, not a module global, keeps it and closes it.
+    """
 
+    def __init__(self) -> None:
+        self._pools: dict[str, Pool] = {}
 
-def discard(pool: Pool) -> None:
-    """Stop a pool (after an error its workers may still be on the failed job)."""
-    for k, p in list(_POOLS.items()):
-        if p is pool:
-            del _POOLS[k]
-    for p in pool.procs:
-        p.terminate()
-    for p in pool.procs:
-        p.join()
+    def get(self, model_cfg: dict, data_cfg: dict, workers: int, threads: int | None, clock: str,
+            batch_size: int) -> Pool:
+        """A live pool for these settings (a pool with a dead worker is replaced)."""
+        import json
 
+        key = json.dumps([model_cfg, data_cfg, workers, threads, clock, batch_size], sort_keys=True, default=str)
+        pool = self._pools.get(key)
+        if pool is not None and pool.alive() < len(pool.procs):
+            self.discard(pool)
+            pool = None
+        if pool is None:
+            pool = self._pools[key] = Pool(model_cfg, data_cfg, workers, threads, clock, batch_size)
+        return pool
 
-@atexit.register
-def _shutdown() -> None:
-    for pool in list(_POOLS.values()):
-        pool.close()
-    _POOLS.clear()
+    def discard(self, pool: Pool) -> None:
+        """Stop a pool (after an error its workers may still be on the failed job)."""
+        for k, p in list(self._pools.items()):
+            if p is pool:
+                del self._pools[k]
+        for p in pool.procs:
+            p.terminate()
+        for p in pool.procs:
+            p.join()
+
+    def close(self) -> None:
+        for pool in list(self._pools.values()):
+            pool.close()
+        self._pools.clear()
