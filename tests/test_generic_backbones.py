@@ -128,3 +128,36 @@ def test_frankensplit_split_options_fail_cleanly(world):
         derive_arch(resnet, "factorized", "layer2", {"channels": [8, 8]})
     with pytest.raises(CheckpointError, match="no shipped frankensplit checkpoint .*split=layer2"):
         create_codec("frankensplit", split="layer2")
+
+
+@pytest.mark.parametrize("name,split,size,prior", [
+    ("tf_efficientnet_lite0", "blocks.2", (3, 128, 128), "factorized"),
+    ("convnext_atto", "stages.1", (3, 160, 192), "hyperprior"),  # a non-square input: even latent sides
+])
+def test_untrained_frankensplit_round_trips_real_bytes_on_other_families(name, split, size, prior):
+    import timm
+
+    from baselines.frankensplit import FrankenSplitCodec
+    from baselines.frankensplit.backbone import ARCH_KEY, arch_tensor, derive_arch
+    from baselines.frankensplit.model import FrankenSplitNet
+    from splitbench.models import TaskModel
+    from splitbench.zoo import in_memory
+
+    torch.manual_seed(0)
+    server = TaskModel(timm.create_model(name).eval(), (0.5,) * 3, (0.5,) * 3, name=name, input_size=size,
+                       num_classes=1000)
+    arch = derive_arch(server, prior, split, {})
+    assert len(arch.channels) == 3 and arch.hw == (size[1] // 8, size[2] // 8)  # stride 8: three blocks
+    net = FrankenSplitNet(arch)
+    codec = FrankenSplitCodec.from_weights(in_memory({**net.weights(), ARCH_KEY: arch_tensor(arch)}, "untrained"),
+                                           prior=prior, split=split)
+    codec.bind(server)
+    images = torch.randint(0, 256, (2, *size), dtype=torch.uint8)
+    with torch.inference_mode():
+        y = codec.device_forward(images)
+        payloads = codec.encode(y)
+        y_hat = codec.decode([p.data for p in payloads])
+        logits = codec.server_forward(y_hat)
+    center = net.entropy._get_medians().view(1, -1, 1, 1) if prior == "factorized" else torch.zeros(1)
+    assert torch.equal(y_hat, torch.round(y - center) + center)
+    assert logits.shape == (2, 1000) and all(0 < len(p.data) <= codec.max_payload_bytes() for p in payloads)
