@@ -9,6 +9,9 @@ blocks take 224 to 28; our input is 8x smaller, so one stride-2 block fewer). Th
 latent grid to one token per patch, adds a learned class token and position embedding, and runs a
 few transformer blocks (the paper uses a small Swin stage for the same job) to predict all tokens
 of the server ViT after block ``split``, class token included.
+
+Other backbones (``backbone.py`` derives their ``Arch``): one stride-2 encoder block per halving of
+the split's stride, the token decoder for a ViT's tokens, ``MapDecoder`` for a CNN's feature map.
 """
 from __future__ import annotations
 
