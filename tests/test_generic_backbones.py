@@ -104,7 +104,7 @@ def test_train_then_run_from_the_trained_file(world, tmp_path, backbone, overrid
 @pytest.mark.parametrize("name,options,needs", [
     ("tofc", {}, "tofc needs a timm VisionTransformer server model"),
     ("patchsel", {}, "patchsel needs a timm VisionTransformer server model"),
-    ("local", {}, "local needs an edge model for model 'resnet18'"),
+    ("local", {}, r"local needs an edge model for 3x224x224 images and 1000 classes \(model 'resnet18'\)"),
     ("frankensplit", {}, "frankensplit weights for the grey ViT .* cannot serve model 'resnet18'"),
     ("elic", {}, "elic needs 1-channel images for these weights"),
     ("bmshj2018", {}, "bmshj2018 needs 1-channel images for these weights"),

@@ -63,8 +63,8 @@ class EdgeCodec(Codec):
         """The edge model sees the server model's images and answers in its classes, or it cannot stand in."""
         edge, size = self.edge, tuple(task.input_size)
         if tuple(edge.input_size) != size or edge.num_classes != task.num_classes:
-            raise ConfigError(f"{self.name} needs an edge model for model {task.name!r}'s "
-                              f"{'x'.join(map(str, size))} images and {task.num_classes} classes; edge model "
+            raise ConfigError(f"{self.name} needs an edge model for {'x'.join(map(str, size))} images and "
+                              f"{task.num_classes} classes (model {task.name!r}); edge model "
                               f"{edge.name!r} takes {'x'.join(map(str, edge.input_size))} and has {edge.num_classes} "
                               f"(set codec.edge_model / codec.edge_checkpoint)")
 
