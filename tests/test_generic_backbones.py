@@ -128,6 +128,10 @@ def test_frankensplit_split_options_fail_cleanly(world):
         derive_arch(resnet, "factorized", 2, {})
     with pytest.raises(ConfigError, match=r"needs 3 widths, one per stride-2 block"):
         derive_arch(resnet, "factorized", "layer2", {"channels": [8, 8]})
+    with pytest.raises(ConfigError, match=r"codec.arch.latent for frankensplit must be integers in \[1, 4096\]"):
+        derive_arch(resnet, "factorized", "layer2", {"latent": "wide"})
+    vit = task(world, "vit_tiny_patch16_224")
+    assert derive_arch(vit, "factorized", 4, {}).split == "blocks.3"  # a ViT's k: after k blocks
     with pytest.raises(CheckpointError, match="no shipped frankensplit checkpoint .*split=layer2"):
         create_codec("frankensplit", split="layer2")
 

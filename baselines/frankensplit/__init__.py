@@ -34,7 +34,7 @@ from splitbench.codecs.rans import check_latent, max_stream_bytes, table_max_val
 from splitbench.errors import ConfigError, PayloadError
 from splitbench.models.vit import vit_logits_from
 
-from .backbone import ARCH_KEY, arch_in_state, check_generic_server, split_of
+from .backbone import ARCH_KEY, arch_in_state, check_generic_server, same_split, split_of
 from .model import PRIORS, Arch, FrankenSplitNet
 from .wire import CHECK_BYTES, NAME, pack_strings, padded, unpack_strings
 
@@ -123,7 +123,7 @@ class FrankenSplitCodec(Codec):
             weights.check_arch(self.arch.to_dict(), family=NAME)
         else:  # trained on another backbone: the weights say what they are
             del state[ARCH_KEY]
-            if prior != stored.prior or split not in (1, stored.split):
+            if prior != stored.prior or not (split == 1 or same_split(split, stored.split)):
                 raise ConfigError(f"{weights.source} was trained with codec.prior={stored.prior} "
                                   f"codec.split={stored.split}; the config asks for prior={prior} split={split}")
             self.arch = stored

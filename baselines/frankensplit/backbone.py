@@ -36,6 +36,11 @@ def feature_name(net: torch.nn.Module, split: int | str) -> str:
                       f"{': ' + names if names else ''}")
 
 
+def same_split(asked: int | str, stored: str) -> bool:
+    """``asked`` names ``stored``: the same feature name, or a ViT block count k for ``blocks.{k-1}``."""
+    return asked == stored or (isinstance(asked, int) and stored == f"blocks.{asked - 1}")
+
+
 def split_of(task: Any, split: int | str) -> SplitBackbone:
     """The task model cut at ``split``; one-line ConfigError when it cannot be."""
     net = getattr(task, "net", None)
@@ -51,10 +56,14 @@ def derive_arch(task: Any, prior: str, split: int | str, options: dict[str, Any]
     feature = cut.feature_shape(input_size)
     depth = max(1, math.ceil(math.log2(cut.point.reduction)))
     channels = options.get("channels") or [min(32 * 2 ** i, 128) for i in range(depth)]
-    if len(channels) != depth:
+    if not isinstance(channels, (list, tuple)) or len(channels) != depth:
         raise ConfigError(f"codec.arch.channels for {NAME} at {cut.point.name} (stride {cut.point.reduction}) "
-                          f"needs {depth} widths, one per stride-2 block; got {list(channels)}")
-    given = {k: options[k] for k in ARCH_OPTIONS if options.get(k) is not None}
+                          f"needs {depth} widths, one per stride-2 block; got {channels!r}")
+    given = {k: options[k] for k in ARCH_OPTIONS if k != "channels" and options.get(k) is not None}
+    for key, value in [*(("channels", c) for c in channels), *given.items()]:
+        low = 0 if key == "decoder_blocks" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 4096:
+            raise ConfigError(f"codec.arch.{key} for {NAME} must be integers in [{low}, 4096], got {value!r}")
     tokens = len(feature) == 2
     dim = feature[1] if tokens else feature[0]
     heads = dim // 64 if dim % 64 == 0 else 1
@@ -108,5 +117,5 @@ def arch_in_state(state: dict[str, torch.Tensor], source: str) -> Arch | None:
         raise CheckpointError(f"{source} has a malformed {ARCH_KEY} entry ({err})") from None
 
 
-__all__ = ["ARCH_KEY", "derive_arch", "check_generic_server", "split_of", "feature_name", "arch_tensor",
+__all__ = ["ARCH_KEY", "derive_arch", "same_split", "check_generic_server", "split_of", "feature_name", "arch_tensor",
            "arch_in_state"]
