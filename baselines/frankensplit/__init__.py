@@ -2,9 +2,12 @@
 
 FrankenSplit (Furutanpey et al., arXiv 2302.10681, IEEE TMC 2024) replaces the shallow head of a
 frozen server backbone with a tiny device encoder and a compressai entropy model; a server decoder
-reconstructs the head's output (here: the server ViT's tokens after block ``split``, class token
-included) and the frozen tail finishes the task. See ``model.py`` for the networks, ``wire.py``
-for the payload format and ``train.py`` for training (``python -m splitbench.train codec=frankensplit``).
+reconstructs the head's output and the frozen tail finishes the task. The shipped points cut the
+28x28 grey ViT (``model=vit_fmnist``: its tokens after block ``split``, class token included); any
+other splittable timm backbone (ViT, ResNet, EfficientNet, MobileNetV3, ConvNeXt) at any input
+size is trained for a named split (``codec.split=layer2``) and run with ``codec.checkpoint=PATH``
+(``backbone.py``: the arch follows the split's stride and travels inside the weights). See
+``model.py`` for the networks, ``wire.py`` for the payload format and ``train.py`` for training.
 
 Options (``codec.*``):
 
@@ -12,10 +15,12 @@ Options (``codec.*``):
   ``frankensplit[_hp][_s<split>]_l<lmbda>``.
 * ``prior``: ``factorized`` (the paper's ``EntropyBottleneck``) or ``hyperprior`` (scale
   hyperprior: ``EntropyBottleneck`` for z + ``GaussianConditional`` for y).
-* ``split``: the server ViT block whose output the decoder reconstructs (default 1).
-* ``checkpoint``: a path to your own weights instead of the shipped ones (same ``arch``).
-* ``arch``: encoder/decoder widths (must match the checkpoint); ``train``: training settings
-  (``codec.train.*``, read by training only).
+* ``split``: where the server model is cut: a timm feature name (``layer2``, ``blocks.3``), or for
+  a ViT an integer k = after k blocks (default 1, the shipped grey ViT's).
+* ``checkpoint``: a path to your own weights instead of the shipped ones; a checkpoint trained on
+  another backbone carries its arch (and ``arch`` is then not used).
+* ``arch``: encoder/decoder widths (must match the checkpoint; ``channels`` null: derived);
+  ``train``: training settings (``codec.train.*``, read by training only).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from splitbench.errors import ConfigError, PayloadError
 from splitbench.models.vit import vit_logits_from
 from splitbench.options import OneOf, Positive, Range
 
+from .backbone import ARCH_KEY, arch_in_state, check_generic_server, same_split, split_of
 from .model import PRIORS, Arch, FrankenSplitNet
 from .wire import CHECK_BYTES, NAME, pack_strings, padded, unpack_strings
 
@@ -46,16 +52,36 @@ def checkpoint_name(prior: str, split: int, lmbda: float) -> str:
     return NAME + ("_hp" if prior == "hyperprior" else "") + (f"_s{split}" if split != 1 else "") + f"_l{lmbda:g}"
 
 
-def build_arch(prior: str, split: int, arch: dict[str, Any] | None, lmbda: float = 1.0) -> Arch:
-    """Validate the user-facing options and return the network's shape description."""
+def generic_name(model: str, prior: str, split: str, lmbda: float) -> str:
+    """File name of a point trained on another backbone, e.g. ``frankensplit_resnet18_layer2_l0.128``."""
+    return "_".join([NAME, model.replace("/", "-"), *(["hp"] if prior == "hyperprior" else []),
+                     split.replace(".", "-"), f"l{lmbda:g}"])
+
+
+def check_options(prior: str, split: int | str, lmbda: float) -> None:
+    """One-line errors for the options every path shares."""
     if prior not in PRIORS:
         raise ConfigError(f"codec.prior for {NAME} must be one of {', '.join(PRIORS)}, got {prior!r}")
-    if isinstance(split, bool) or not isinstance(split, int) or split < 0:
-        raise ConfigError(f"codec.split for {NAME} must be a block index >= 0, got {split!r}")
+    if isinstance(split, bool) or not isinstance(split, (int, str)) or (isinstance(split, int) and split < 0) \
+            or split == "":
+        raise ConfigError(f"codec.split for {NAME} must be a timm feature name (layer2, blocks.3) or a ViT "
+                          f"block count >= 0, got {split!r}")
     if isinstance(lmbda, bool) or not isinstance(lmbda, (int, float)) or not lmbda > 0:
         raise ConfigError(f"codec.lmbda for {NAME} must be a positive number, got {lmbda!r}")
+
+
+def is_grey_vit(task: Any) -> bool:
+    """The shipped points' kind of server model: a timm ViT on 1-channel images."""
+    return type(getattr(task, "net", None)).__name__ == "VisionTransformer" and task.input_size[0] == 1
+
+
+def build_arch(prior: str, split: int, arch: dict[str, Any] | None, lmbda: float = 1.0) -> Arch:
+    """Validate the user-facing options and return the shipped layout's shape description."""
+    check_options(prior, split, lmbda)
+    if not isinstance(split, int):
+        raise ConfigError(f"codec.split={split!r}: the shipped {NAME} layout (grey ViT) takes a block count")
     allowed = {"channels", "latent", "hyper_latent", "decoder_blocks", "tokens", "dim", "heads", "grid"}
-    arch = dict(arch or {})
+    arch = {k: v for k, v in dict(arch or {}).items() if v is not None}  # null: the layout's default
     unknown = sorted(set(arch) - allowed)
     if unknown:
         raise ConfigError(f"codec.arch has no key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
@@ -72,9 +98,10 @@ def check_server(a: Arch, task: Any) -> None:
     """The server model must be the grey ViT (grid, width, blocks) this arch was built for."""
     net = getattr(task, "net", None)
     blocks = getattr(net, "blocks", None)
-    if blocks is None or not hasattr(net, "patch_embed"):
-        raise ConfigError(f"{NAME} cuts a timm VisionTransformer server model (model=vit_fmnist); "
-                          f"{getattr(task, 'name', task)!r} is not one")
+    if not is_grey_vit(task) or blocks is None:
+        raise ConfigError(f"{NAME} weights for the grey ViT (model=vit_fmnist) cannot serve model "
+                          f"{getattr(task, 'name', task)!r}; train a point for it (python -m splitbench.train "
+                          f"codec={NAME} codec.split=FEATURE model=...) and pass codec.checkpoint=PATH")
     grid = tuple(net.patch_embed.grid_size)
     if (grid != (a.grid, a.grid) or net.embed_dim != a.dim or task.input_size[0] != 1
             or net.num_prefix_tokens + a.grid * a.grid != a.tokens):
@@ -91,16 +118,27 @@ class FrankenSplitCodec(Codec):
     client_options = frozenset({"lmbda", "prior", "split"})  # pick a shipped checkpoint; arch is fixed
 
     def __init__(self, lmbda: Annotated[float, Positive] = 0.128, prior: Annotated[str, OneOf(*PRIORS)] = "factorized",
-                 split: Annotated[int, Range(0)] = 1, checkpoint: str | None = None,
-                 arch: dict[str, Any] | None = SHIPPED_ARCH, train: dict[str, Any] | None = None) -> None:
-        self.arch = build_arch(prior, split, arch, lmbda)
-        self.lmbda, self.prior, self.split = float(lmbda), prior, split
+                 split: int | str = 1, checkpoint: str | None = None, arch: dict[str, Any] | None = None,
+                 train: dict[str, Any] | None = None) -> None:
+        check_options(prior, split, lmbda)
+        self.lmbda = float(lmbda)
         weights = self.weights(NAME, {"prior": prior, "split": split, "lmbda": self.lmbda}, checkpoint,
                                f"codec.prior={prior} codec.split={split} codec.lmbda={self.lmbda:g}")
-        weights.check_arch(self.arch.to_dict(), family=NAME)
+        state = dict(weights.state)
+        stored = arch_in_state(state, weights.source)
+        if stored is None:  # the shipped layout (grey ViT), its arch from the options
+            self.arch = build_arch(prior, split, arch, lmbda)
+            weights.check_arch(self.arch.to_dict(), family=NAME)
+        else:  # trained on another backbone: the weights say what they are
+            del state[ARCH_KEY]
+            if prior != stored.prior or not (split == 1 or same_split(split, stored.split)):
+                raise ConfigError(f"{weights.source} was trained with codec.prior={stored.prior} "
+                                  f"codec.split={stored.split}; the config asks for prior={prior} split={split}")
+            self.arch = stored
+        self.prior, self.split = self.arch.prior, self.arch.split
         net = FrankenSplitNet(self.arch)
         try:
-            net.load_weights(weights.state)
+            net.load_weights(state)
         except (KeyError, RuntimeError) as err:
             raise weights.misfit(f"{NAME} with arch {self.arch.to_dict()}", str(err)) from None
         self._fingerprint = weights.fingerprint
@@ -109,7 +147,11 @@ class FrankenSplitCodec(Codec):
             p.requires_grad_(False)
 
     def bind(self, task: Any) -> None:
-        check_server(self.arch, task)
+        if self.arch.generic:
+            check_generic_server(self.arch, task)
+            self._cut = split_of(task, self.arch.split)
+        else:
+            check_server(self.arch, task)
         super().bind(task)
 
     # -- the four stages ----------------------------------------------------------------
@@ -124,8 +166,10 @@ class FrankenSplitCodec(Codec):
     def _string_sizes(self) -> list[tuple[int, Any]]:
         """(symbols, entropy model) of each string in wire order: [y] or [z, y]."""
         a = self.arch
-        y = (a.latent * a.grid * a.grid, self.net.entropy if a.prior == "factorized" else self.net.gaussian)
-        return [y] if a.prior == "factorized" else [(a.hyper_latent * ((a.grid + 1) // 2) ** 2, self.net.entropy), y]
+        h, w = a.hw
+        y = (a.latent * h * w, self.net.entropy if a.prior == "factorized" else self.net.gaussian)
+        return [y] if a.prior == "factorized" else [(a.hyper_latent * ((h + 1) // 2) * ((w + 1) // 2),
+                                                     self.net.entropy), y]
 
     def max_payload_bytes(self) -> int:
         """CRC + length prefix + each string at its worst-case rANS length (codecs/rans.py)."""
@@ -147,6 +191,8 @@ class FrankenSplitCodec(Codec):
         return y_hat
 
     def server_forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.arch.generic:
+            return self._cut.tail(self.net.decoder(features))
         return vit_logits_from(self.task.net, self.net.decoder(features), self.split)
 
     # -- description -----------------------------------------------------------------------
@@ -170,4 +216,4 @@ class FrankenSplitCodec(Codec):
         return FrankenSplitTrainer(cls, cfg)
 
 
-__all__ = ["FrankenSplitCodec", "checkpoint_name"]
+__all__ = ["FrankenSplitCodec", "checkpoint_name", "generic_name", "build_arch", "check_server", "is_grey_vit"]

@@ -9,6 +9,9 @@ blocks take 224 to 28; our input is 8x smaller, so one stride-2 block fewer). Th
 latent grid to one token per patch, adds a learned class token and position embedding, and runs a
 few transformer blocks (the paper uses a small Swin stage for the same job) to predict all tokens
 of the server ViT after block ``split``, class token included.
+
+Other backbones (``backbone.py`` derives their ``Arch``): one stride-2 encoder block per halving of
+the split's stride, the token decoder for a ViT's tokens, ``MapDecoder`` for a CNN's feature map.
 """
 from __future__ import annotations
 
@@ -26,13 +29,22 @@ PRIORS = ("factorized", "hyperprior")
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
 
 
+GENERIC_KEYS = ("backbone", "feature", "input_size")
+
+
 @dataclass(frozen=True)
 class Arch:
-    """Everything that fixes the network's shapes; stored in the manifest beside the weights."""
+    """Everything that fixes the network's shapes; stored in the manifest beside the weights.
+
+    ``backbone`` None is the shipped layout (the 28x28 grey ViT: ``grid``, ``tokens``, ``dim``).
+    Otherwise ``backbone`` is the server's timm class, ``split`` a timm feature name, ``feature``
+    one sample's features there ((C, H, W) maps or (tokens, dim)) and ``input_size`` the model's
+    (C, H, W); one stride-2 encoder block per ``channels`` entry (ceil(log2(stride)) of them).
+    """
 
     prior: str = "factorized"
-    split: int = 1
-    channels: tuple[int, int] = (32, 48)
+    split: int | str = 1
+    channels: tuple[int, ...] = (32, 48)
     latent: int = 32
     hyper_latent: int = 16
     decoder_blocks: int = 1
@@ -40,16 +52,47 @@ class Arch:
     dim: int = 96
     heads: int = 3
     grid: int = 7
+    backbone: str | None = None
+    feature: tuple[int, ...] | None = None
+    input_size: tuple[int, int, int] | None = None
+
+    @property
+    def generic(self) -> bool:
+        return self.backbone is not None
+
+    @property
+    def in_chans(self) -> int:
+        return self.input_size[0] if self.input_size is not None else 1
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """The latent grid: the input halved (rounding up) once per stride-2 encoder block."""
+        if self.input_size is None:
+            return (self.grid, self.grid)
+        _, h, w = self.input_size
+        for _ in self.channels:
+            h, w = -(-h // 2), -(-w // 2)
+        return (h, w)
+
+    @property
+    def tokens_out(self) -> bool:
+        """The decoder predicts ViT tokens (else a CNN feature map)."""
+        return not self.generic or len(self.feature or ()) == 2
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["channels"] = list(self.channels)
+        if not self.generic:  # the shipped layout's dict, as its manifest entries hold it
+            return {k: v for k, v in d.items() if k not in GENERIC_KEYS}
+        d["feature"], d["input_size"] = list(self.feature or ()), list(self.input_size or ())
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Arch":
         d = dict(d)
-        d["channels"] = tuple(d["channels"])
+        for key in ("channels", "feature", "input_size"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -70,12 +113,31 @@ class ResidualBlock(nn.Module):
 
 
 class Encoder(nn.Sequential):
-    """Device side: 1x28x28 normalised pixels -> latent x 7 x 7 (no GDN, as in the paper)."""
+    """Device side: normalised pixels -> latent grid; one stride-2 block per ``arch.channels`` entry,
+    then a stride-1 block to the latent (shipped: 1x28x28 -> 32 -> 48 -> latent x 7 x 7; no GDN)."""
 
-    def __init__(self, arch: Arch, in_chans: int = 1) -> None:
-        c1, c2 = arch.channels
-        super().__init__(ResidualBlock(in_chans, c1, 2), ResidualBlock(c1, c2, 2),
-                         ResidualBlock(c2, arch.latent, 1, last=True))
+    def __init__(self, arch: Arch) -> None:
+        widths = [arch.in_chans, *arch.channels]
+        super().__init__(*[ResidualBlock(a, b, 2) for a, b in zip(widths, widths[1:])],
+                         ResidualBlock(widths[-1], arch.latent, 1, last=True))
+
+
+class MapDecoder(nn.Module):
+    """Server side for CNN splits: latent grid -> the backbone's C x H/r x W/r features at the split.
+
+    The latent grid already has the feature map's size (the encoder's depth follows the split's
+    stride), so no upsampling: a 3x3 conv to C channels, ``decoder_blocks`` residual blocks, a 1x1.
+    """
+
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        c = arch.feature[0]
+        self.stem = nn.Sequential(nn.Conv2d(arch.latent, c, 3, padding=1), nn.ReLU())
+        self.blocks = nn.Sequential(*[ResidualBlock(c, c, 1) for _ in range(arch.decoder_blocks)])
+        self.head = nn.Conv2d(c, c, 1)
+
+    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(y_hat)))
 
 
 class TokenDecoder(nn.Module):
@@ -93,7 +155,7 @@ class TokenDecoder(nn.Module):
         self.head = nn.Linear(arch.dim, arch.dim)
 
     def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
-        x = self.stem(y_hat).flatten(2).transpose(1, 2)  # B, 49, dim
+        x = self.stem(y_hat).flatten(2).transpose(1, 2)  # B, patches, dim
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
         return self.head(self.norm(self.blocks(x)))
 
@@ -108,7 +170,9 @@ class HyperSynthesis(nn.Module):
     def __init__(self, arch: Arch) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(arch.hyper_latent, arch.latent, 3, stride=2, padding=1), nn.ReLU(),  # 4 -> 7
+            # 4 -> 7 on the shipped odd grid; output_padding restores an even side (no weights)
+            nn.ConvTranspose2d(arch.hyper_latent, arch.latent, 3, stride=2, padding=1,
+                               output_padding=tuple(1 - n % 2 for n in arch.hw)), nn.ReLU(),
             nn.Conv2d(arch.latent, arch.latent, 3, padding=1))
 
     def forward(self, z_hat: torch.Tensor) -> torch.Tensor:
@@ -124,11 +188,11 @@ class FrankenSplitNet(nn.Module):
     """Encoder + entropy model + decoder. ``forward`` is the training path (noise for the rate,
     straight-through rounding for the decoder input, so the decoder sees test-time symbols)."""
 
-    def __init__(self, arch: Arch, in_chans: int = 1) -> None:
+    def __init__(self, arch: Arch) -> None:
         super().__init__()
         self.arch = arch
-        self.encoder = Encoder(arch, in_chans)
-        self.decoder = TokenDecoder(arch)
+        self.encoder = Encoder(arch)
+        self.decoder = TokenDecoder(arch) if arch.tokens_out else MapDecoder(arch)
         if arch.prior == "factorized":
             self.entropy = EntropyBottleneck(arch.latent)
         else:
@@ -139,7 +203,7 @@ class FrankenSplitNet(nn.Module):
 
     # -- training path --------------------------------------------------------------------
     def forward(self, x_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (reconstructed tokens, bits per image) for a normalised image batch."""
+        """Returns (reconstructed features, bits per image) for a normalised image batch."""
         y = self.encoder(x_norm)
         if self.arch.prior == "factorized":
             _, lik = self.entropy(y)
@@ -181,11 +245,10 @@ class FrankenSplitNet(nn.Module):
 
     def decompress(self, strings: list[list[bytes]]) -> torch.Tensor:
         """Per-sample strings -> dequantised latents (the decoder's input)."""
-        g = self.arch.grid
+        h, w = self.arch.hw
         if self.arch.prior == "factorized":
-            return self.entropy.decompress([s[0] for s in strings], (g, g))
-        zg = (g + 1) // 2
-        z_hat = self.entropy.decompress([s[0] for s in strings], (zg, zg))
+            return self.entropy.decompress([s[0] for s in strings], (h, w))
+        z_hat = self.entropy.decompress([s[0] for s in strings], ((h + 1) // 2, (w + 1) // 2))
         scales = self.h_s(z_hat)
         return self.gaussian.decompress([s[1] for s in strings], self.gaussian.build_indexes(scales))
 

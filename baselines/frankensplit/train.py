@@ -1,8 +1,9 @@
 """Training by head distillation: ``python -m splitbench.train codec=frankensplit codec.lmbda=L``.
 
-Only the compression module trains; the server ViT stays frozen and is the teacher. The loss is
-the paper's: per image, the sum of squared errors between the decoder's tokens and the teacher's
-tokens after block ``split``, plus ``lmbda`` times the rate in bits (lambda weights the *rate*),
+Only the compression module trains; the server model stays frozen and is the teacher. The loss is
+the paper's: per image, the sum of squared errors between the decoder's output and the teacher's
+features at the split (the grey ViT: tokens after block ``split``; any other backbone:
+``SplitBackbone.head``, tokens or feature maps), plus ``lmbda`` times the rate in bits (lambda weights the *rate*),
 averaged over the batch. compressai's auxiliary quantile loss trains the entropy bottleneck's
 medians (the framework's auxiliary optimiser). ``codec.train.kd_weight`` > 0 adds a KL term between
 the frozen tail's predictions on the reconstructed and the teacher's tokens (off by default; the
@@ -15,9 +16,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from splitbench.errors import ConfigError
 from splitbench.train import Step, TrainSetup, augment, codec_options, evaluate_codec, settings
 from splitbench.zoo import Weights, resolve
 
+from .backbone import ARCH_KEY, arch_tensor, derive_arch, split_of
 from .model import FrankenSplitNet, encoder_stats
 
 DEFAULTS: dict[str, Any] = {"epochs": 1, "init": None, "batch_size": 64, "lr": 2e-3, "aux_lr": 1e-3,
@@ -26,7 +29,7 @@ DEFAULTS: dict[str, Any] = {"epochs": 1, "init": None, "batch_size": 64, "lr": 2
 
 class FrankenSplitTrainer:
     def __init__(self, cls: Any, cfg: Any) -> None:
-        from . import build_arch
+        from . import check_options
 
         self.cls, self.cfg = cls, cfg
         self.settings = settings(cfg.codec.get("train"), DEFAULTS)
@@ -34,16 +37,32 @@ class FrankenSplitTrainer:
         self.options.pop("checkpoint", None)
         o = self.options
         self.lmbda = float(o.get("lmbda", 0.128))
-        self.arch = build_arch(o.get("prior", "factorized"), o.get("split", 1), o.get("arch"), self.lmbda)
-        self.split = self.arch.split
+        self.prior, self.split = o.get("prior", "factorized"), o.get("split", 1)
+        check_options(self.prior, self.split, o.get("lmbda", 0.128))
+
+    def _arch(self, task: Any) -> Any:
+        """The shipped layout for the grey ViT and a block count; else derived from the backbone's split."""
+        from . import build_arch, check_server, is_grey_vit
+
+        if isinstance(self.split, int) and is_grey_vit(task):
+            arch = build_arch(self.prior, self.split, self.options.get("arch"), self.lmbda)
+            check_server(arch, task)  # the server model fits the arch, before any training
+            self.cut = None
+            return arch
+        unknown = sorted(set(self.options.get("arch") or {}) - {"channels", "latent", "hyper_latent", "decoder_blocks"})
+        if unknown:
+            raise ConfigError(f"codec.arch.{unknown[0]} is fixed by the backbone; settable: channels, latent, "
+                              f"hyper_latent, decoder_blocks")
+        arch = derive_arch(task, self.prior, self.split, dict(self.options.get("arch") or {}))
+        self.cut = split_of(task, arch.split)
+        return arch
 
     def setup(self, ctx: Any) -> TrainSetup:
-        from . import check_server
-
         s = self.settings
         self.ctx, self.task = ctx, ctx.task()
+        self.arch = self._arch(self.task)
+        self.split = self.arch.split
         self.net = FrankenSplitNet(self.arch)
-        check_server(self.arch, self.task)  # the server model fits the arch, before any training
         self.init_note = None
         if s["init"]:
             init = resolve(name=str(s["init"])) if not str(s["init"]).endswith(".pt") else resolve(path=s["init"])
@@ -58,15 +77,23 @@ class FrankenSplitTrainer:
                           warmup=int(s["warmup"]), aux_params=aux, aux_lr=s["aux_lr"], clip=s["clip"],
                           batch_size=s["batch_size"], modules=[self.net])
 
-    def training_step(self, batch: Any) -> Step:
-        from splitbench.models.vit import vit_logits_from, vit_tokens_until
+    def _teacher(self, x: torch.Tensor) -> torch.Tensor:
+        from splitbench.models.vit import vit_tokens_until
 
+        return self.cut.head(x) if self.cut is not None else vit_tokens_until(self.task.net, x, self.split)
+
+    def _logits(self, features: torch.Tensor) -> torch.Tensor:
+        from splitbench.models.vit import vit_logits_from
+
+        return self.cut.tail(features) if self.cut is not None else vit_logits_from(self.task.net, features, self.split)
+
+    def training_step(self, batch: Any) -> Step:
         images, _ = batch
         if self.settings["augment"]:
             images = augment(images, self.ctx.generator)
         x = self.task.normalize(images)
         with torch.no_grad():
-            teacher = vit_tokens_until(self.task.net, x, self.split)
+            teacher = self._teacher(x)
         tokens, bits = self.net(x)
         dist = (tokens - teacher).pow(2).flatten(1).sum(1).mean()
         rate = bits.mean()
@@ -74,8 +101,8 @@ class FrankenSplitTrainer:
         kd = float(self.settings["kd_weight"])
         if kd:
             with torch.no_grad():
-                target = F.log_softmax(vit_logits_from(self.task.net, teacher, self.split), -1)
-            pred = F.log_softmax(vit_logits_from(self.task.net, tokens, self.split), -1)
+                target = F.log_softmax(self._logits(teacher), -1)
+            pred = F.log_softmax(self._logits(tokens), -1)
             loss = loss + kd * F.kl_div(pred, target, log_target=True, reduction="batchmean")
         return Step(loss, {"sse": dist.item(), "bits": rate.item()})
 
@@ -83,6 +110,8 @@ class FrankenSplitTrainer:
         return self.net.entropy.loss()
 
     def exported_state(self) -> dict[str, torch.Tensor]:
+        if self.arch.generic:  # the arch travels with the weights: the file alone loads strictly
+            return {**self.net.weights(), ARCH_KEY: arch_tensor(self.arch)}
         return self.net.weights()
 
     def evaluate(self, weights: Weights, ctx: Any) -> dict[str, Any]:
@@ -91,11 +120,16 @@ class FrankenSplitTrainer:
         return evaluate_codec(codec, self.task, ctx.test_set(), batch_size=500)
 
     def describe(self, ctx: Any) -> tuple[str, dict[str, Any]]:
-        from . import checkpoint_name
+        from . import checkpoint_name, generic_name
 
         a = self.arch
-        return checkpoint_name(a.prior, a.split, self.lmbda), {
-            "kind": "codec", "family": "frankensplit", "point": {"prior": a.prior, "split": a.split, "lmbda": self.lmbda},
+        point: dict[str, Any] = {"prior": a.prior, "split": a.split, "lmbda": self.lmbda}
+        name = checkpoint_name(a.prior, a.split, self.lmbda)
+        if a.generic:  # never shadows a shipped grey-ViT point; names the server model
+            point["model"] = self.task.name
+            name = generic_name(self.task.name, a.prior, a.split, self.lmbda)
+        return name, {
+            "kind": "codec", "family": "frankensplit", "point": point,
             "lmbda": self.lmbda, "prior": a.prior, "split": a.split, "arch": a.to_dict(), "init": self.init_note,
             "server_model": self.task.name, "server_model_sha256": self.task.fingerprint,
             "device_encoder": encoder_stats(self.net, self.task.input_size),

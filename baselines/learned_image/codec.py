@@ -59,6 +59,19 @@ class Decoded:
     blobs: list[bytes]
 
 
+def model_arch(arch: dict[str, Any], input_size: tuple[int, int, int]) -> dict[str, Any]:
+    """``arch`` with ``channels``/``stages`` left null taken from the task model's input (C, H, W):
+    its channel count, and 3 stride-2 stages below 64 pixels a side (28x28 pads to 32, as shipped),
+    else the official 4 (sides pad to a multiple of 64: 224 -> 256, as compressai pads)."""
+    c, h, w = input_size
+    out = dict(arch)
+    if out.get("channels") is None:
+        out["channels"] = 1 if c == 1 else 3
+    if out.get("stages") is None:
+        out["stages"] = 3 if min(h, w) < 64 else 4
+    return out
+
+
 def shipped_name(family: str, lmbda: float) -> str:
     """File name of a trained rate point, e.g. ``elic_lmbda0.0067``."""
     return f"{family}_lmbda{lmbda:g}"
@@ -85,7 +98,8 @@ class LearnedImageCodec(Codec):
         self.checkpoint = checkpoint
         self.arch = arch
         weights = self.weights(self.family, {"lmbda": self.lmbda}, checkpoint, f"codec.lmbda={self.lmbda:g}")
-        weights.check_arch(arch, self.train_arch_keys, family=self.family)
+        # null channels/stages: the weights fix them, bind() checks they fit the task model
+        weights.check_arch(arch, tuple(k for k in self.train_arch_keys if arch.get(k) is not None), family=self.family)
         self.net = self.net_from_state(weights.state, weights.source)
         self._weights = weights.fingerprint
         self._pending: dict[bytes, list[tuple[torch.Tensor, dict[str, float]]]] = {}
@@ -110,8 +124,9 @@ class LearnedImageCodec(Codec):
         super().bind(task)
         c, h, w = task.input_size
         if c not in (1, 3) or (c == 3 and self.net.arch["channels"] == 1):
-            raise ConfigError(f"{self.family}: this network codes {self.net.arch['channels']}-channel images, the "
-                              f"task model takes {c} channels; use a {c}-channel checkpoint (codec.checkpoint=PATH)")
+            raise ConfigError(f"{self.family} needs {self.net.arch['channels']}-channel images for these weights; model "
+                              f"{task.name!r} takes {c} channels: train a {c}-channel point (python -m splitbench.train "
+                              f"codec={self.family} model=...) and pass codec.checkpoint=PATH")
         mult = nets.pad_multiple(self.net)
         self._hw = (h, w)
         self._padded = (math.ceil(h / mult) * mult, math.ceil(w / mult) * mult)
@@ -285,7 +300,7 @@ class ElicCodec(LearnedImageCodec):
 
     def __init__(self, lmbda: Annotated[float, Positive] = 0.0067, checkpoint: str | None = None,
                  variant: Annotated[str, OneOf(*nets.ELIC_VARIANTS)] = "official",
-                 N: Width = 32, M: Width = 48, stages: Stages = 3, channels: Channels = 1,
+                 N: Width = 32, M: Width = 48, stages: Stages | None = None, channels: Channels | None = None,
                  context: list[int] | tuple[int, int] = (32, 24), train: dict[str, Any] | None = None) -> None:
         arch = dict(N=N, M=M, variant=variant, stages=stages, channels=channels, context=_context(context))
         nets._check_arch(N=N, M=M, stages=stages, channels=channels)
@@ -348,7 +363,7 @@ class Bmshj2018Codec(LearnedImageCodec):
     train_arch_keys = ("N", "M", "stages", "channels")
 
     def __init__(self, lmbda: Annotated[float, Positive] = 0.0067, checkpoint: str | None = None,
-                 N: Width = 32, M: Width = 48, stages: Stages = 3, channels: Channels = 1,
+                 N: Width = 32, M: Width = 48, stages: Stages | None = None, channels: Channels | None = None,
                  train: dict[str, Any] | None = None) -> None:
         nets._check_arch(N=N, M=M, stages=stages, channels=channels)
         self._setup(lmbda, checkpoint, dict(N=N, M=M, stages=stages, channels=channels))

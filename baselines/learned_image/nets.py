@@ -122,13 +122,16 @@ def build_bmshj2018(N: int, M: int, stages: int = 4, channels: int = 3) -> nn.Mo
     return net
 
 
-def _check_arch(**values: int) -> None:
+def _check_arch(**values: int | None) -> None:
+    """One-line errors for out-of-range sizes; None (stages, channels: from the task model) passes."""
     limits = {"N": (1, 1024), "M": (1, 1024), "stages": (1, 6), "channels": (1, 3)}
     for key, value in values.items():
+        if value is None and key in ("stages", "channels"):
+            continue
         low, high = limits[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigError(f"codec.{key} must be an integer in [{low}, {high}], got {value!r}")
-    if values["channels"] == 2:
+    if values.get("channels") == 2:
         raise ConfigError("codec.channels must be 1 (grey) or 3 (RGB), got 2")
 
 

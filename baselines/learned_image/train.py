@@ -23,7 +23,7 @@ from splitbench.train import Step, TrainSetup, augment, codec_options, evaluate_
 from splitbench.zoo import Weights, resolve
 
 from . import nets
-from .codec import shipped_name
+from .codec import model_arch, shipped_name
 
 DEFAULTS: dict[str, Any] = {
     "steps": 2000,        # optimiser steps (train.max_steps overrides, for smoke tests)
@@ -64,6 +64,9 @@ class LearnedImageTrainer:
                      for k in cls.train_arch_keys}
 
     def setup(self, ctx: Any) -> TrainSetup:
+        if self.arch.get("channels") is None or self.arch.get("stages") is None:
+            with torch.random.fork_rng():  # building the task model must not move the init's RNG
+                self.arch = model_arch(self.arch, ctx.task().input_size)
         s, arch = self.settings, self.arch
         self.ctx = ctx
         self.net = self.cls.build(arch)

@@ -46,6 +46,15 @@ class EdgeCodec(Codec):
     def fingerprint(self) -> dict[str, Any]:
         return {"edge": self.edge.fingerprint}
 
+    def check_edge_fits(self, task: TaskModel) -> None:
+        """The edge model sees the server model's images and answers in its classes, or it cannot stand in."""
+        edge, size = self.edge, tuple(task.input_size)
+        if tuple(edge.input_size) != size or edge.num_classes != task.num_classes:
+            raise ConfigError(f"{self.name} needs an edge model for {'x'.join(map(str, size))} images and "
+                              f"{task.num_classes} classes (model {task.name!r}); edge model "
+                              f"{edge.name!r} takes {'x'.join(map(str, edge.input_size))} and has {edge.num_classes} "
+                              f"(set codec.edge_model / codec.edge_checkpoint)")
+
 
 @register_codec("local")
 class LocalCodec(EdgeCodec):
@@ -57,6 +66,10 @@ class LocalCodec(EdgeCodec):
 
     def __init__(self, edge_model: str = "vit_edge", edge_checkpoint: str | None = None) -> None:
         super().__init__(edge_model, edge_checkpoint)
+
+    def bind(self, task: TaskModel) -> None:
+        self.check_edge_fits(task)
+        super().bind(task)
 
     def device_forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.edge(images)
@@ -110,8 +123,10 @@ class PatchSelCodec(EdgeCodec):
 
     # -- binding -----------------------------------------------------------------------------------
     def bind(self, task: TaskModel) -> None:
+        grid = grid_of(task.net, task.input_size, f"server model {task.name!r}")  # before anything binds
+        self.check_edge_fits(task)
         super().bind(task)
-        self.grid: Grid = grid_of(task.net, task.input_size, f"server model {task.name!r}")
+        self.grid: Grid = grid
         if self.grid != self.edge_grid:
             raise ConfigError(f"the edge model's patch grid {self.edge_grid} differs from the server model "
                               f"{task.name!r}'s {self.grid}; patchsel needs the same grid on both ends")

@@ -19,8 +19,8 @@ from .wire import Grid
 def grid_of(net: torch.nn.Module, input_size: tuple[int, int, int], what: str) -> Grid:
     """The patch grid of a timm ViT; ConfigError for models patch selection cannot drive."""
     if not isinstance(net, VisionTransformer):
-        raise ConfigError(f"patchsel needs timm VisionTransformer models; the {what} is {type(net).__name__} "
-                          f"(valid server models: vit_fmnist or any timm ViT with a class token)")
+        raise ConfigError(f"patchsel needs a timm VisionTransformer {what.split(' ')[0]} model; the {what} is "
+                          f"{type(net).__name__} (valid: vit_fmnist or any timm ViT with a class token)")
     if net.num_prefix_tokens != 1 or net.cls_token is None or net.pos_embed is None or net.dynamic_img_size:
         raise ConfigError(f"patchsel needs a ViT with one class token and a fixed absolute positional "
                           f"embedding; the {what} has {net.num_prefix_tokens} prefix tokens")

@@ -127,8 +127,11 @@ class TofcCodec(Codec):
 
     # -- binding -------------------------------------------------------------------------------
     def bind(self, task: Any) -> None:
-        super().bind(task)
         net = task.net
+        if type(net).__name__ != "VisionTransformer" or getattr(net, "num_prefix_tokens", 0) != 1:
+            raise ConfigError(f"tofc needs a timm VisionTransformer server model with one class token (it "
+                              f"clusters its patch tokens); model {task.name!r} is a {type(net).__name__}")
+        super().bind(task)
         if not hasattr(net, "blocks") or not 0 <= self.split <= len(net.blocks):
             raise ConfigError(f"codec.split={self.split} needs a timm ViT with at least {self.split} blocks; "
                               f"model {task.name!r} has {len(getattr(net, 'blocks', []))}")

@@ -50,10 +50,20 @@ class TrainContext:
             self._task = build_model(OmegaConf.to_container(self.cfg.model, resolve=True))
         return self._task
 
+    def _dataset(self, data: Any, split: str | None = None) -> Any:
+        """Datasets that follow the model (image folders: its input size, channels, classes) get it."""
+        import inspect
+
+        from ..data import DATASETS
+
+        name = data["name"]
+        takes_model = name in DATASETS and "model" in inspect.signature(DATASETS.get(name)).parameters
+        return build_dataset(data, split=split, model=self.task() if takes_model else None)
+
     @property
     def train_set(self) -> Any:
         if self._train_set is None:
-            self._train_set = build_dataset(self.cfg.data, split="train")
+            self._train_set = self._dataset(self.cfg.data, split="train")
         return self._train_set
 
     def test_set(self, limit: int | None = None) -> Any:
@@ -61,7 +71,7 @@ class TrainContext:
         data["split"] = "test"
         if limit:
             data["limit"] = int(limit)
-        return build_dataset(data)
+        return self._dataset(data)
 
     def train_loader(self, batch_size: int) -> Any:
         return loader(self.train_set, int(batch_size), shuffle=True, generator=self.generator)
