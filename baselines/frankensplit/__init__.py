@@ -24,8 +24,6 @@ Options (``codec.*``):
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Annotated, Any
 
 import torch
@@ -35,16 +33,11 @@ from splitbench.codecs.bitstream import put_varint
 from splitbench.codecs.rans import check_latent, max_stream_bytes, table_max_value
 from splitbench.errors import ConfigError, PayloadError
 from splitbench.models.vit import vit_logits_from
-from splitbench.options import OneOf, Positive, Range
+from splitbench.options import OneOf, Positive
 
 from .backbone import ARCH_KEY, arch_in_state, check_generic_server, same_split, split_of
 from .model import PRIORS, Arch, FrankenSplitNet
 from .wire import CHECK_BYTES, NAME, pack_strings, padded, unpack_strings
-
-
-#: the shipped points' encoder/decoder widths (conf/codec/frankensplit.yaml restates them); never mutated
-SHIPPED_ARCH: Mapping[str, Any] = MappingProxyType({"channels": (32, 48), "latent": 32, "hyper_latent": 16,
-                                                    "decoder_blocks": 1})
 
 
 def checkpoint_name(prior: str, split: int, lmbda: float) -> str:
