@@ -24,6 +24,8 @@ Options (``codec.*``):
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Any
 
 import torch
@@ -105,14 +107,20 @@ def check_server(a: Arch, task: Any) -> None:
         raise ConfigError(f"codec.split={a.split} is outside the server ViT's blocks 0..{len(blocks) - 1}")
 
 
+#: the encoder/decoder sizes the codec builds when not told otherwise (conf/codec/frankensplit.yaml
+#: restates them); channels null: derived from the backbone. Read-only: it is a shared default.
+DEFAULT_ARCH: Mapping[str, Any] = MappingProxyType({"channels": None, "latent": 32, "hyper_latent": 16,
+                                                    "decoder_blocks": 1})
+
+
 @register_codec(NAME)
 class FrankenSplitCodec(Codec):
     """Device: tiny conv encoder + range coder. Server: token decoder + frozen ViT tail."""
     client_options = frozenset({"lmbda", "prior", "split"})  # pick a shipped checkpoint; arch is fixed
 
     def __init__(self, lmbda: Annotated[float, Positive] = 0.128, prior: Annotated[str, OneOf(*PRIORS)] = "factorized",
-                 split: int | str = 1, checkpoint: str | None = None, arch: dict[str, Any] | None = None,
-                 train: dict[str, Any] | None = None) -> None:
+                 split: int | str = 1, checkpoint: str | None = None,
+                 arch: Mapping[str, Any] | None = DEFAULT_ARCH, train: dict[str, Any] | None = None) -> None:
         check_options(prior, split, lmbda)
         self.lmbda = float(lmbda)
         weights = self.weights(NAME, {"prior": prior, "split": split, "lmbda": self.lmbda}, checkpoint,
