@@ -13,6 +13,7 @@ module never imports a codec: it runs ``python -m splitbench`` and reads the res
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import math
 import os
 import subprocess
@@ -53,28 +54,55 @@ def _codec_of(overrides: list[str]) -> str:
     return next(o.split("=", 1)[1] for o in overrides if o.startswith("codec="))
 
 
-def run_sweeps(suite: str, root: Path, bandwidths: str, limit: int | None) -> list[Path]:
-    dirs = []
-    for name, overrides in SUITES[suite].items():
-        codec = _codec_of(overrides)
-        sweep_dir = root / "sweeps" / name
-        cmd = [sys.executable, "-m", "splitbench", "-m", *SUITE_ARGS[suite], *overrides,
-               f"bandwidth={bandwidths}", f"hydra.sweep.dir={sweep_dir.resolve()}", "measure.progress=false",
-               *CLOCK_ARGS]
-        if limit:
-            cmd.append(f"data.limit={limit}")
-        start = time.time()
-        print(f"[{suite}] {name}: {' '.join(cmd[2:])}", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
-        if proc.returncode == 2 and f"unknown codec {codec!r}" in proc.stderr:
-            print(f"[{suite}] skip {name}: codec {codec!r} is not registered")
-            continue
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr[-3000:])
-            raise SystemExit(f"sweep {suite}/{name} failed (exit {proc.returncode})")
-        print(f"[{suite}] {name}: done in {time.time() - start:.0f} s", flush=True)
-        dirs.append(sweep_dir)
-    return dirs
+def _sweep_command(suite: str, name: str, overrides: list[str], root: Path, bandwidths: str,
+                   limit: int | None, workers: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "splitbench", "-m", *SUITE_ARGS[suite], *overrides, f"bandwidth={bandwidths}",
+           f"hydra.sweep.dir={(root / 'sweeps' / name).resolve()}", "measure.progress=false", *CLOCK_ARGS]
+    if workers is not None:
+        cmd.append(f"measure.workers={workers}")
+    if limit:
+        cmd.append(f"data.limit={limit}")
+    return cmd
+
+
+def _run_sweep(suite: str, name: str, cmd: list[str]) -> bool:
+    """One sweep in its own process; False when its codec is not registered (skipped)."""
+    start = time.time()
+    print(f"[{suite}] {name}: {' '.join(cmd[2:])}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    codec = _codec_of(cmd)
+    if proc.returncode == 2 and f"unknown codec {codec!r}" in proc.stderr:
+        print(f"[{suite}] skip {name}: codec {codec!r} is not registered", flush=True)
+        return False
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"sweep {suite}/{name} failed (exit {proc.returncode})")
+    print(f"[{suite}] {name}: done in {time.time() - start:.0f} s", flush=True)
+    return True
+
+
+def run_sweeps(suite: str, root: Path, bandwidths: str, limit: int | None, jobs: int = 1) -> list[Path]:
+    """Run a suite's sweeps; ``jobs`` > 1 runs that many sweeps at once, one core each.
+
+    With several jobs each sweep measures in one process (``measure.workers=1``): whole sweeps are
+    the unit of parallel work, so no sweep pays for starting measuring workers, and one sweep's
+    start-up overlaps another's measuring. The first sweep runs alone, so the ``raw`` reference it
+    measures is in the record cache before the others need it (measured once, not once per job).
+    """
+    sweeps = list(SUITES[suite].items())
+    commands = {name: _sweep_command(suite, name, overrides, root, bandwidths, limit, 1 if jobs > 1 else None)
+                for name, overrides in sweeps}
+    done: dict[str, bool] = {}
+    first, rest = sweeps[0][0], [name for name, _ in sweeps[1:]]
+    done[first] = _run_sweep(suite, first, commands[first])
+    if jobs > 1:
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            for name, ok in zip(rest, pool.map(lambda n: _run_sweep(suite, n, commands[n]), rest)):
+                done[name] = ok
+    else:
+        for name in rest:
+            done[name] = _run_sweep(suite, name, commands[name])
+    return [root / "sweeps" / name for name, _ in sweeps if done[name]]
 
 
 # -- claims ---------------------------------------------------------------------------------------
@@ -126,13 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bandwidths", default=BANDWIDTHS)
     p.add_argument("--limit", type=int, default=None, help="data.limit for a quick look (not the paper setting)")
     p.add_argument("--no-run", action="store_true", help="only re-render from existing sweeps")
+    p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                   help="sweeps run at once, one core each (default: the cores available; 1: one at a time, "
+                        "each with measure.workers=auto)")
     args = p.parse_args(argv)
     out = Path(args.out)
     start = time.time()
     claims = None
     for suite in args.suites.split(","):
         root = out / suite
-        dirs = [root / "sweeps"] if args.no_run else run_sweeps(suite, root, args.bandwidths, args.limit)
+        dirs = [root / "sweeps"] if args.no_run else run_sweeps(suite, root, args.bandwidths, args.limit, max(1, args.jobs))
         if not dirs:
             continue
         df, paths = make_report(dirs if not args.no_run else [root / "sweeps"], root / "report")
