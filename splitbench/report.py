@@ -129,7 +129,7 @@ def fig_rate_accuracy(df: pd.DataFrame, out: Path, score: str) -> list[Path]:
     ax.set_ylabel(f"top-1 {score} (%)")
     ax.set_title(f"Rate vs {score}: {_what(df)}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a curve
     return _save(fig, out, "rate_accuracy")
 
 
@@ -147,7 +147,7 @@ def fig_latency_vs_bandwidth(df: pd.DataFrame, out: Path, score: str, floor: flo
     ax.set_title(f"Fastest operating point with {score} >= {100 * floor:.1f}%\n{_what(df)}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if not best.empty:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out, "latency_vs_bandwidth")
 
 
@@ -197,7 +197,7 @@ def fig_pareto(df: pd.DataFrame, out: Path, score: str, mbps: float) -> list[Pat
     ax.set_ylabel(f"top-1 {score} (%)")
     ax.set_title(f"Latency vs {score}: every operating point\n{_what(df)}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out, "pareto")
 
 
