@@ -33,7 +33,14 @@ from .wire import (PIXEL_CODINGS, Grid, JpegPixels, decode_lossless, encode_loss
 
 
 def load_edge(name: str, checkpoint: str | None) -> TaskModel:
-    """The device model: a shipped (or user) ViT on the server's patch grid."""
+    """The device model: a shipped name (``vit_edge``, weights from the zoo or ``checkpoint``), or any
+    timm model as ``timm:<name>`` (or its bare name) with ``checkpoint=PATH`` (else hub weights)."""
+    if name.startswith("timm:"):
+        import timm
+
+        name = name[len("timm:"):]
+        if not timm.is_model(name):
+            raise ConfigError(f"codec.edge_model='timm:{name}': timm has no model {name!r} (see timm.list_models())")
     return build_model({"name": name, "checkpoint": checkpoint, "pretrained": True})
 
 

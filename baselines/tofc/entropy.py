@@ -96,7 +96,9 @@ class SelectiveHyperprior(nn.Module):
         self.shift.copy_(tokens.mean(dim=0))
         if self.transform == "pca":
             centred = (tokens - self.shift).double()
-            _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+            # fewer tokens than dimensions: the full SVD completes the basis with an orthonormal
+            # set of the directions the tokens never moved along (they get the smallest steps' share)
+            _, _, vh = torch.linalg.svd(centred, full_matrices=centred.shape[0] < self.dim)
             self.basis.copy_(vh.float())
 
     @property

@@ -7,6 +7,8 @@ model (steps, hyperprior, experts, router) trains, and with ``codec.finetune_tai
 the server tail too (at a tenth of the learning rate). The loss is ``CE + lmbda * bits/image +
 balance_alpha * balance``; bits are the soft expert mixture's estimate (see entropy.py). Batches
 come from the cached, merged tokens of ``images`` seeded-random training images, not from images.
+Any timm ViT with a class token can be the server; on an unlabelled image folder (labels -1) the
+target is the uncompressed server's own answer.
 Settings: ``codec.train.*`` (DEFAULTS below).
 """
 from __future__ import annotations
@@ -94,10 +96,19 @@ class TofcTrainer:
         with torch.no_grad():  # DPC-KNN is training-free: merge every cached image once
             self.feats = torch.cat([dpc_knn_merge(heads[0][i:i + 500].float(), c.n_clusters, c.k).half()
                                     for i in range(0, n_train, 500)])
-        self.labels = heads[1]
+        self.labels = heads[1].clone()
+        unlabelled = self.labels < 0
+        if unlabelled.any():  # an unlabelled folder: the target is the uncompressed server's answer
+            with torch.no_grad():
+                answers = torch.cat([vit_logits_from(self.task.net, heads[0][i:i + 500].float(), c.split).argmax(-1)
+                                     for i in range(0, n_train, 500)])
+            self.labels[unlabelled] = answers[unlabelled]
         self.model = SelectiveHyperprior(dim, c.hyper_channels, c.hidden, c.n_experts, c.distribution,
                                          float(s["q_step"]), c.transform)
-        self.model.init_from_data(self.feats[:INIT_IMAGES].float().reshape(-1, dim))
+        init = self.feats[:INIT_IMAGES].float().reshape(-1, dim)
+        if init.shape[0] < dim:  # a few images of a wide ViT: add their unmerged tokens to the PCA
+            init = torch.cat([init, heads[0][:INIT_IMAGES].float().reshape(-1, dim)])
+        self.model.init_from_data(init)
         self.server = self.task.net
         params = [p for n, p in self.model.named_parameters() if not n.endswith("quantiles")]
         groups = [{"params": params, "lr": s["lr"]}]
