@@ -74,6 +74,8 @@ def test_tofc_trains_and_runs_on_vit_tiny(world, tmp_path):
             f"train.run_dir={tmp_path / 'run'}"]
     entry = run_training(compose_cfg("train", args), "python -m splitbench.train " + " ".join(opts))
     assert entry["steps"] == 2 and entry["arch"]["dim"] == 192
+    # c0/c1 are not ImageNet classes: the training evaluation reports no accuracy, never 0
+    assert entry["metrics"]["test_top1"] != entry["metrics"]["test_top1"]  # NaN
     checkpoint = tmp_path / "run" / entry["file"]
     [row] = benchmark(world, tmp_path, *opts, f"codec.checkpoint={checkpoint}")
     assert row["n"] == 4 and row["bytes_per_image"] > 20 and row["tokens"] == 9  # class token + 8 merged

@@ -68,7 +68,7 @@ def evaluate_codec(codec: Any, task: Any, dataset: Dataset, batch_size: int = 10
     """
     codec.bind(task)
     batched = getattr(codec, "round_trip_batched", None)
-    correct = total = offloaded = same = checked = 0
+    correct = total = labelled = offloaded = same = checked = 0
     n_bytes = est = psnr_sum = 0.0
     n_est = n_psnr = 0
     for images, labels in loader(dataset, batch_size, shuffle=False):
@@ -101,11 +101,13 @@ def evaluate_codec(codec: Any, task: Any, dataset: Dataset, batch_size: int = 10
             shown = [p.extras["psnr"] for p in payloads if math.isfinite(p.extras.get("psnr", math.nan))]
             psnr_sum, n_psnr = psnr_sum + sum(shown), n_psnr + len(shown)
             offloaded += len(sent)
-        correct += sum(int(p == int(y)) for p, y in zip(preds, labels))
+        correct += sum(int(p == int(y)) for p, y in zip(preds, labels) if int(y) >= 0)
+        labelled += sum(int(int(y) >= 0) for y in labels)
         n_bytes += sum(sizes)
         total += len(labels)
-    out: dict[str, Any] = {"test_top1": round(correct / total, 4), "bytes_per_image": round(n_bytes / total, 2),
-                           "test_images": total}
+    # unlabelled data (label -1, e.g. a folder that is not the model's classes) has no accuracy: NaN, never 0
+    top1 = round(correct / labelled, 4) if labelled else math.nan
+    out: dict[str, Any] = {"test_top1": top1, "bytes_per_image": round(n_bytes / total, 2), "test_images": total}
     if getattr(codec, "sends_image", False):
         c, h, w = task.input_size
         out["bpp"] = round(n_bytes * 8 / total / (h * w), 4)
