@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from PIL import Image
+from backbones import compose_cfg, make_world, model_overrides, task
 
 from splitbench import CheckpointError, ConfigError, create_codec
-from splitbench.models import build_model
-from splitbench.paths import CONF_DIR
 from splitbench.train import run_training
 
 BACKBONES = ("resnet18", "vit_tiny_patch16_224")
@@ -24,36 +20,7 @@ BACKBONES = ("resnet18", "vit_tiny_patch16_224")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Random-weight checkpoints of both backbones and train/ + val/ folders of 4 RGB photos each."""
-    import timm
-
-    from splitbench.data.photos import photo_paths
-
-    root = tmp_path_factory.mktemp("generic")
-    for name in BACKBONES:
-        torch.manual_seed(0)
-        torch.save(timm.create_model(name, pretrained=False).state_dict(), root / f"{name}.pt")
-    photos = photo_paths()
-    assert len(photos) >= 8
-    for split, first in (("train", 0), ("val", 4)):
-        for i in range(4):
-            folder = root / split / f"c{i % 2}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.open(photos[first + i]).convert("RGB").resize((256, 256)).save(folder / f"{i}.png")
-    return root
-
-
-def model_overrides(world, name):
-    return ["model=timm", f"model.name={name}", f"model.checkpoint={world / (name + '.pt')}", "model.pretrained=false"]
-
-
-def task(world, name):
-    return build_model({"name": name, "checkpoint": str(world / f"{name}.pt"), "pretrained": False})
-
-
-def compose_cfg(config, overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config, overrides=overrides)
+    return make_world(tmp_path_factory.mktemp("generic"), BACKBONES)
 
 
 def train(world, tmp_path, backbone, *overrides):

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from PIL import Image
+from backbones import compose_cfg, make_world, task
+from backbones import model_overrides as shared_overrides
 
 from splitbench import ConfigError, create_codec
-from splitbench.models import build_model
-from splitbench.paths import CONF_DIR
 from splitbench.train import run_training
 
 VIT = "vit_tiny_patch16_224"
@@ -26,35 +23,12 @@ VIT = "vit_tiny_patch16_224"
 def world(tmp_path_factory):
     """Random-weight ViT-Tiny, resnet18 and two ViTs that do not fit ViT-Tiny's 14x14 grid of 224x224
     images (384x384 images; 32-px patches), plus train/ and val/ folders of 4 RGB photos each."""
-    import timm
-
-    from splitbench.data.photos import photo_paths
-
-    root = tmp_path_factory.mktemp("vits")
-    for name in (VIT, "resnet18", "vit_tiny_patch16_384", "vit_small_patch32_224"):
-        torch.manual_seed(0)
-        torch.save(timm.create_model(name, pretrained=False).state_dict(), root / f"{name}.pt")
-    photos = photo_paths()
-    for split, first in (("train", 0), ("val", 4)):
-        for i in range(4):
-            folder = root / split / f"c{i % 2}"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.open(photos[first + i]).convert("RGB").resize((256, 256)).save(folder / f"{i}.png")
-    return root
+    return make_world(tmp_path_factory.mktemp("vits"), (VIT, "resnet18", "vit_tiny_patch16_384",
+                                                         "vit_small_patch32_224"))
 
 
 def model_overrides(world, name=VIT):
-    return ["model=timm", f"model.name={name}", f"model.checkpoint={world / (name + '.pt')}", "model.pretrained=false"]
-
-
-def task(world, name):
-    return build_model({"name": name, "checkpoint": str(world / f"{name}.pt"), "pretrained": False})
-
-
-def compose_cfg(config, overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config, overrides=overrides)
+    return shared_overrides(world, name)
 
 
 def benchmark(world, tmp_path, *overrides, reference=None):
