@@ -104,11 +104,12 @@ def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
     return OmegaConf.to_container(cfg[key], resolve=True)  # type: ignore[return-value]
 
 
-def codec_from_config(codec_cfg: dict[str, Any]) -> Codec:
-    """``codec: {name: ..., option: ...}`` -> the codec (its constructor checks the options)."""
+def codec_from_config(codec_cfg: dict[str, Any], for_model: str | None = None) -> Codec:
+    """``codec: {name: ..., option: ...}`` -> the codec (its constructor checks the options);
+    ``for_model``: the task model's name, so the zoo picks weights trained for it."""
     if "name" not in codec_cfg:
         raise ConfigError("codec.name is missing")
-    return create_codec(codec_cfg["name"], **{k: v for k, v in codec_cfg.items() if k != "name"})
+    return create_codec(codec_cfg["name"], for_model=for_model, **{k: v for k, v in codec_cfg.items() if k != "name"})
 
 
 def measure_settings(cfg: DictConfig) -> MeasureSettings:
@@ -122,8 +123,8 @@ def build_job(cfg: DictConfig, loaded: Loaded) -> Job:
     link = link_from_config(_node(cfg, "bandwidth"))
     device = profile_from_config(_node(cfg, "device"), "device")
     server = profile_from_config(_node(cfg, "server"), "server")
-    codec = codec_from_config(_node(cfg, "codec"))
     model_cfg, data_cfg = _node(cfg, "model"), _node(cfg, "data")
+    codec = codec_from_config(_node(cfg, "codec"), for_model=model_cfg.get("name"))
     task = loaded.task_model(model_cfg)
     dataset = loaded.dataset(data_cfg, task)
     reference = create_codec(measure.reference) if measure.reference else None

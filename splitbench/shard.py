@@ -75,7 +75,7 @@ def _worker(model_cfg: dict, data_cfg: dict, threads: int | None, clock: str, ba
             if setup_error:
                 raise SplitbenchError(setup_error[1])
             if key not in measurers:
-                codec = create_codec(name, **options)
+                codec = create_codec(name, for_model=model_cfg.get("name"), **options)
                 if records_key(codec, task, data_cfg, batch_size, clock, threads) != key:
                     raise SplitbenchError(f"measurement worker built a different {name} codec than the parent "
                                           f"(options or checkpoint changed during the run)")

@@ -104,28 +104,60 @@ def point_text(point: Mapping[str, Any]) -> str:
 
 # -- resolving --------------------------------------------------------------------------------------
 def resolve(family: str | None = None, *, point: Mapping[str, Any] | None = None, path: str | Path | None = None,
-            name: str | None = None, directory: Path = CHECKPOINT_DIR, train_hint: str = "") -> Weights:
+            name: str | None = None, directory: Path = CHECKPOINT_DIR, train_hint: str = "",
+            model: str | None = None) -> Weights:
     """A user's file (``path``), a shipped entry by ``name``, or the shipped entry of ``family`` at ``point``.
 
-    ``train_hint`` is the override text that would train the missing point (e.g. ``codec.lmbda=0.01``),
-    quoted in the error that lists the shipped points.
+    ``model`` is the task model the weights are for: a point trained for a named model (its point
+    carries ``model``, e.g. the photo-trained ``tf_efficientnet_lite0`` points) is chosen for that
+    model only; entries without a model (the embedded Fashion-MNIST suite's) serve any model whose
+    own point is missing, and the codec's bind() checks they fit. ``train_hint`` is the override
+    text that would train the missing point (e.g. ``codec.lmbda=0.01``), quoted in the error.
     """
     if path is not None:
         return _from_path(Path(path))
     manifest = load_manifest(directory)
     if name is None:
         point = dict(point or {})
-        found = [n for n, e in sorted(manifest.items()) if e.get("family") == family and e.get("point", {}) == point]
+        found = find_point(manifest, family or "", point, model)
         if not found:
-            raise _no_point(family or "", point, manifest, train_hint)
+            raise _no_point(family or "", point, manifest, train_hint, model)
         name = found[0]
     elif name not in manifest:
         raise CheckpointError(f"no shipped checkpoint named {name!r}; shipped: {', '.join(sorted(manifest)) or '(none)'}")
     return _from_entry(name, manifest[name], Path(directory))
 
 
-def _no_point(family: str, point: dict[str, Any], manifest: dict[str, Any], train_hint: str) -> CheckpointError:
-    have = [e.get("point", {}) for e in manifest.values() if e.get("family") == family]
+def find_point(manifest: Mapping[str, Any], family: str, point: Mapping[str, Any], model: str | None) -> list[str]:
+    """Names of ``family``'s entries at ``point``, best first: the ones trained for ``model``, then
+    the ones trained for no named model. With no model given, a model's own entry is taken only
+    when it is the one entry at that point."""
+    same = [n for n, e in sorted(manifest.items()) if e.get("family") == family
+            and {k: v for k, v in e.get("point", {}).items() if k != "model"} == dict(point)]
+    own = [n for n in same if manifest[n]["point"].get("model") == model] if model else []
+    generic = [n for n in same if "model" not in manifest[n]["point"]]
+    return own + generic or ([] if model else same[:1] if len(same) == 1 else [])
+
+
+def model_points_hint(family: str, model: str, directory: Path = CHECKPOINT_DIR) -> str:
+    """``; shipped for <model>: codec.split=blocks.2 codec.lmbda=4,16`` (empty when none are): appended
+    to a codec's error when the weights it was given do not fit a model that has its own points."""
+    points = [{k: v for k, v in e["point"].items() if k != "model"} for e in shipped(family, directory).values()
+              if e.get("point", {}).get("model") == model]
+    if not points:
+        return ""
+    keys = list(points[0])
+    text = " ".join(f"codec.{k}=" + ",".join(sorted({f"{p[k]:g}" if isinstance(p[k], float) else str(p[k])
+                                                      for p in points}, key=lambda t: (len(t), t))) for k in keys)
+    return f"; shipped for {model}: {text}"
+
+
+def _no_point(family: str, point: dict[str, Any], manifest: dict[str, Any], train_hint: str,
+              model: str | None = None) -> CheckpointError:
+    entries = [e for e in manifest.values() if e.get("family") == family]
+    mine = [e for e in entries if model and e.get("point", {}).get("model") == model]
+    have = [{k: v for k, v in e.get("point", {}).items() if k != "model"} for e in (mine or entries)]
+    label = f"{family} (for model {model})" if mine else family
     # name only the keys that vary, so the list stays readable
     varying = [k for k in point if len({json.dumps(p.get(k)) for p in have}) > 1] or list(point)
     listed = sorted({point_text({k: p.get(k) for k in varying}) for p in have})
@@ -133,7 +165,7 @@ def _no_point(family: str, point: dict[str, Any], manifest: dict[str, Any], trai
     how = f"model={family} ... python -m splitbench.train" if kind == "task_model" else \
         f"python -m splitbench.train codec={family} {train_hint}".rstrip()
     flag = "model.checkpoint" if kind == "task_model" else "codec.checkpoint"
-    return CheckpointError(f"no shipped {family} checkpoint for {point_text(point)}; shipped: "
+    return CheckpointError(f"no shipped {label} checkpoint for {point_text(point)}; shipped: "
                            f"{'; '.join(listed) or '(none)'}; train one with: {how} or pass {flag}=PATH")
 
 
@@ -213,5 +245,5 @@ def save_entry(name: str, state_dict: dict[str, torch.Tensor], meta: dict[str, A
     return entry
 
 
-__all__ = ["Weights", "resolve", "shipped", "in_memory", "load_manifest", "save_entry", "sha256_file",
+__all__ = ["Weights", "resolve", "find_point", "model_points_hint", "shipped", "in_memory", "load_manifest", "save_entry", "sha256_file",
            "read_state_dict", "point_text", "MANIFEST_NAME"]

@@ -36,6 +36,7 @@ from splitbench.codecs.rans import check_latent, max_stream_bytes, table_max_val
 from splitbench.errors import ConfigError, PayloadError
 from splitbench.models.vit import vit_logits_from
 from splitbench.options import OneOf, Positive
+from splitbench.zoo import model_points_hint
 
 from .backbone import ARCH_KEY, arch_in_state, check_generic_server, same_split, split_of
 from .model import PRIORS, Arch, FrankenSplitNet
@@ -94,9 +95,10 @@ def check_server(a: Arch, task: Any) -> None:
     net = getattr(task, "net", None)
     blocks = getattr(net, "blocks", None)
     if not is_grey_vit(task) or blocks is None:
-        raise ConfigError(f"{NAME} weights for the grey ViT (model=vit_fmnist) cannot serve model "
-                          f"{getattr(task, 'name', task)!r}; train a point for it (python -m splitbench.train "
-                          f"codec={NAME} codec.split=FEATURE model=...) and pass codec.checkpoint=PATH")
+        name = getattr(task, "name", task)
+        raise ConfigError(f"{NAME} weights for the grey ViT (model=vit_fmnist) cannot serve model {name!r}; "
+                          f"train a point for it (python -m splitbench.train codec={NAME} codec.split=FEATURE "
+                          f"model=...) and pass codec.checkpoint=PATH{model_points_hint(NAME, str(name))}")
     grid = tuple(net.patch_embed.grid_size)
     if (grid != (a.grid, a.grid) or net.embed_dim != a.dim or task.input_size[0] != 1
             or net.num_prefix_tokens + a.grid * a.grid != a.tokens):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from splitbench.errors import ConfigError
+from splitbench.data import describe_data
 from splitbench.train import Step, TrainSetup, augment, codec_options, evaluate_codec, settings
 from splitbench.zoo import Weights, resolve
 
@@ -133,5 +134,5 @@ class FrankenSplitTrainer:
             "lmbda": self.lmbda, "prior": a.prior, "split": a.split, "arch": a.to_dict(), "init": self.init_note,
             "server_model": self.task.name, "server_model_sha256": self.task.fingerprint,
             "device_encoder": encoder_stats(self.net, self.task.input_size),
-            "data": f"{ctx.cfg.data.name} train split ({len(ctx.train_set)} images), seed {ctx.seed}; "
+            "data": f"{ctx.cfg.data.name} train split ({describe_data(ctx.train_set)}), seed {ctx.seed}; "
                     f"metrics on the test split"}

@@ -37,6 +37,7 @@ from splitbench.codecs.rans import max_stream_bytes, table_max_value
 from splitbench.errors import ConfigError, PayloadError
 from splitbench.metrics import psnr
 from splitbench.options import OneOf, Positive, Range
+from splitbench.zoo import model_points_hint
 
 from . import nets
 from .stream import CdfTable, LatentCoder
@@ -72,9 +73,14 @@ def model_arch(arch: dict[str, Any], input_size: tuple[int, int, int]) -> dict[s
     return out
 
 
-def shipped_name(family: str, lmbda: float) -> str:
-    """File name of a trained rate point, e.g. ``elic_lmbda0.0067``."""
-    return f"{family}_lmbda{lmbda:g}"
+#: (channels, stages) of the embedded grey suite's points, which carry no model in their zoo point
+GREY_LAYOUT = (1, 3)
+
+
+def shipped_name(family: str, lmbda: float, model: str | None = None) -> str:
+    """File name of a trained rate point: ``elic_lmbda0.0067`` (grey suite) or, for another model,
+    ``bmshj2018_tf_efficientnet_lite0_lmbda0.0067``."""
+    return f"{family}_{model.replace('/', '-')}_lmbda{lmbda:g}" if model else f"{family}_lmbda{lmbda:g}"
 
 
 # declared ranges of the architecture options (nets._check_arch also refuses channels=2)
@@ -126,7 +132,8 @@ class LearnedImageCodec(Codec):
         if c not in (1, 3) or (c == 3 and self.net.arch["channels"] == 1):
             raise ConfigError(f"{self.family} needs {self.net.arch['channels']}-channel images for these weights; model "
                               f"{task.name!r} takes {c} channels: train a {c}-channel point (python -m splitbench.train "
-                              f"codec={self.family} model=...) and pass codec.checkpoint=PATH")
+                              f"codec={self.family} model=...) and pass codec.checkpoint=PATH"
+                              f"{model_points_hint(self.family, task.name)}")
         mult = nets.pad_multiple(self.net)
         self._hw = (h, w)
         self._padded = (math.ceil(h / mult) * mult, math.ceil(w / mult) * mult)

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 
 from splitbench.errors import ConfigError
+from splitbench.data import describe_data
 from splitbench.train import Step, TrainSetup, augment, codec_options, evaluate_codec, settings
 from splitbench.zoo import Weights, resolve
 
 from . import nets
-from .codec import model_arch, shipped_name
+from .codec import GREY_LAYOUT, model_arch, shipped_name
 
 DEFAULTS: dict[str, Any] = {
     "steps": 2000,        # optimiser steps (train.max_steps overrides, for smoke tests)
@@ -117,8 +118,13 @@ class LearnedImageTrainer:
         return evaluate_codec(codec, self.task, ctx.test_set(self.settings["eval_limit"]))
 
     def describe(self, ctx: Any) -> tuple[str, dict[str, Any]]:
-        return shipped_name(self.cls.family, self.lmbda), {
-            "kind": "codec", "family": self.cls.family, "point": {"lmbda": self.lmbda}, "lmbda": self.lmbda,
+        point: dict[str, Any] = {"lmbda": self.lmbda}
+        name = shipped_name(self.cls.family, self.lmbda)
+        if (self.arch["channels"], self.arch["stages"]) != GREY_LAYOUT:  # another model's point: never
+            point["model"] = ctx.cfg.model.name                          # shadows the grey suite's
+            name = shipped_name(self.cls.family, self.lmbda, ctx.cfg.model.name)
+        return name, {
+            "kind": "codec", "family": self.cls.family, "point": point, "lmbda": self.lmbda,
             "arch": self.arch, "init": self.init_note, "params": sum(p.numel() for p in self.net.parameters()),
-            "data": f"{ctx.cfg.data.name} train split ({len(ctx.train_set)} images, random shift/flip), "
+            "data": f"{ctx.cfg.data.name} train split ({describe_data(ctx.train_set)}, random shift/flip), "
                     f"seed {ctx.seed}; metrics on the test split via real bytes, server {ctx.cfg.model.name}"}

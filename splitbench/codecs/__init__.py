@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .base import Codec, Payload, accepted_options, check_options
+from .base import Codec, Payload, accepted_options, building_for, check_options
 
 
 
@@ -38,12 +38,15 @@ def list_codecs() -> list[str]:
     return CODECS.names()
 
 
-def create_codec(name: str, **options: Any) -> Codec:
+def create_codec(name: str, *, for_model: str | None = None, **options: Any) -> Codec:
     """Build a codec by name; unknown names and options raise a ConfigError listing valid ones
-    (the codec's own constructor checks and records its options: splitbench.codecs.base)."""
+    (the codec's own constructor checks and records its options: splitbench.codecs.base).
+    ``for_model`` names the task model it will serve, so shipped weights trained for that model
+    are chosen (splitbench.zoo.resolve)."""
     cls = CODECS.get(name)
     check_options(cls, options)  # type: ignore[arg-type]  (a non-mapping never reaches **)
-    return cls(**options)
+    with building_for(for_model):
+        return cls(**options)
 
 
 __all__ = [

@@ -14,7 +14,9 @@ import abc
 import functools
 import inspect
 import math
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 import torch
 
@@ -24,6 +26,21 @@ from ..options import check, declared, plain
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import TaskModel
     from ..zoo import Weights
+
+
+#: the task model a codec under construction is for (``create_codec(..., for_model=...)``): lets the
+#: zoo pick a point trained for that model before bind() sees the model itself
+_FOR_MODEL: ContextVar[str | None] = ContextVar("splitbench_codec_for_model", default=None)
+
+
+@contextmanager
+def building_for(model: str | None) -> Iterator[None]:
+    """Codecs constructed inside this block resolve shipped weights for task model ``model``."""
+    token = _FOR_MODEL.set(model)
+    try:
+        yield
+    finally:
+        _FOR_MODEL.reset(token)
 
 
 class Payload:
@@ -154,13 +171,14 @@ class Codec(abc.ABC):
         return codec
 
     def weights(self, family: str, point: dict[str, Any], checkpoint: Any = None, train_hint: str = "") -> "Weights":
-        """The weights this codec runs: given in memory, a user's ``checkpoint`` path, or the zoo's point."""
+        """The weights this codec runs: given in memory, a user's ``checkpoint`` path, or the zoo's
+        point for the task model the codec is built for (:func:`building_for`)."""
         given = self.__dict__.pop("_given_weights", None)
         if given is not None:
             return given
         from ..zoo import resolve
 
-        return resolve(family, point=point, path=checkpoint, train_hint=train_hint)
+        return resolve(family, point=point, path=checkpoint, train_hint=train_hint, model=_FOR_MODEL.get())
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything besides options that changes the records (e.g. checkpoint hashes)."""

@@ -51,6 +51,12 @@ def _base(dataset: Dataset) -> Dataset:
     return dataset.dataset if isinstance(dataset, Subset) else dataset
 
 
+def describe_data(dataset: Dataset) -> str:
+    """How a training set names itself in a manifest entry: its own ``describe()``, else its size."""
+    describe = getattr(_base(dataset), "describe", None)
+    return describe() if callable(describe) else f"{len(dataset)} images"
+
+
 def dataset_identity(dataset: Dataset) -> dict[str, Any]:
     """What identifies the samples beyond the config (an image folder's contents), for cache keys."""
     fingerprint = getattr(_base(dataset), "fingerprint", None)

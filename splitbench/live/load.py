@@ -38,7 +38,7 @@ def _payloads(codec_name: str, options: dict[str, Any], model_cfg: dict[str, Any
     from ..models import build_model
 
     task = build_model(model_cfg)
-    codec = create_codec(codec_name, **options)
+    codec = create_codec(codec_name, for_model=task.name, **options)
     codec.bind(task)
     data_cfg = yaml.safe_load((CONF_DIR / "data" / "fashion_mnist.yaml").read_text())
     data_cfg["limit"] = count

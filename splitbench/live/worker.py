@@ -93,7 +93,7 @@ def _codec(cache: OrderedDict[str, Codec], task: Any, name: str, options: dict[s
     codec = cache.get(key)
     if codec is None:
         check_client_options(CODECS.get(name), options)  # before anything is built
-        codec = create_codec(name, **options)
+        codec = create_codec(name, for_model=task.name, **options)
         codec.bind(task)
         cache[key] = codec
         while len(cache) > CODEC_CACHE:

@@ -60,6 +60,9 @@ def evaluate_codec(codec: Any, task: Any, dataset: Dataset, batch_size: int = 10
                    check_images: int = 100) -> dict[str, Any]:
     """Manifest metrics of ``codec`` on ``dataset`` through real bytes: the one evaluation of training.
 
+    ``test_top1`` scores labelled images (NaN when none are); ``agreement`` is the top-1 agreement
+    with the uncompressed task model on every image (the score for unlabelled photos).
+
     Every batch goes device_forward -> encode -> bytes -> decode -> server_forward, local answers
     (payloads with a ``local_prediction``) included. A codec with ``round_trip_batched(images) ->
     (bytes, estimated bits, decoded images)`` (the learned image codecs: ~20x faster than one image
@@ -68,7 +71,7 @@ def evaluate_codec(codec: Any, task: Any, dataset: Dataset, batch_size: int = 10
     """
     codec.bind(task)
     batched = getattr(codec, "round_trip_batched", None)
-    correct = total = labelled = offloaded = same = checked = 0
+    correct = total = labelled = offloaded = same = checked = agree = 0
     n_bytes = est = psnr_sum = 0.0
     n_est = n_psnr = 0
     for images, labels in loader(dataset, batch_size, shuffle=False):
@@ -101,13 +104,16 @@ def evaluate_codec(codec: Any, task: Any, dataset: Dataset, batch_size: int = 10
             shown = [p.extras["psnr"] for p in payloads if math.isfinite(p.extras.get("psnr", math.nan))]
             psnr_sum, n_psnr = psnr_sum + sum(shown), n_psnr + len(shown)
             offloaded += len(sent)
+        reference = task(images).argmax(-1).tolist()  # the uncompressed model's answers
+        agree += sum(int(p == r) for p, r in zip(preds, reference))
         correct += sum(int(p == int(y)) for p, y in zip(preds, labels) if int(y) >= 0)
         labelled += sum(int(int(y) >= 0) for y in labels)
         n_bytes += sum(sizes)
         total += len(labels)
     # unlabelled data (label -1, e.g. a folder that is not the model's classes) has no accuracy: NaN, never 0
     top1 = round(correct / labelled, 4) if labelled else math.nan
-    out: dict[str, Any] = {"test_top1": top1, "bytes_per_image": round(n_bytes / total, 2), "test_images": total}
+    out: dict[str, Any] = {"test_top1": top1, "agreement": round(agree / total, 4),
+                           "bytes_per_image": round(n_bytes / total, 2), "test_images": total}
     if getattr(codec, "sends_image", False):
         c, h, w = task.input_size
         out["bpp"] = round(n_bytes * 8 / total / (h * w), 4)
