@@ -21,8 +21,9 @@ from splitbench.data import describe_data
 from splitbench.train import Step, TrainSetup, augment, codec_options, evaluate_codec, settings
 from splitbench.zoo import Weights, resolve
 
-from .backbone import ARCH_KEY, arch_tensor, derive_arch, split_of
+from .backbone import ARCH_KEY, arch_in_state, arch_tensor, derive_arch, split_of
 from .model import FrankenSplitNet, encoder_stats
+from .wire import NAME
 
 DEFAULTS: dict[str, Any] = {"epochs": 1, "init": None, "batch_size": 64, "lr": 2e-3, "aux_lr": 1e-3,
                             "warmup": 100, "kd_weight": 0.0, "augment": False, "clip": 1.0}
@@ -67,7 +68,17 @@ class FrankenSplitTrainer:
         self.init_note = None
         if s["init"]:
             init = resolve(name=str(s["init"])) if not str(s["init"]).endswith(".pt") else resolve(path=s["init"])
-            self.net.load_weights(init.state)
+            state = dict(init.state)
+            stored = arch_in_state(state, init.source)
+            if stored is not None:  # a generic point carries its arch: it must be the one trained here
+                del state[ARCH_KEY]
+                if stored.to_dict() != self.arch.to_dict():
+                    raise ConfigError(f"codec.train.init {init.source} was trained with arch {stored.to_dict()}; "
+                                      f"this training builds {self.arch.to_dict()}")
+            try:
+                self.net.load_weights(state)
+            except (KeyError, RuntimeError) as err:
+                raise init.misfit(f"{NAME} with arch {self.arch.to_dict()}", str(err)) from None
             self.init_note = f"{s['init']} (sha256 {init.fingerprint[:12]})"
         for p in self.net.parameters():
             p.requires_grad_(True)
