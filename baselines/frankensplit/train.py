@@ -68,6 +68,7 @@ class FrankenSplitTrainer:
             init = resolve(name=str(s["init"])) if not str(s["init"]).endswith(".pt") else resolve(path=s["init"])
             self.net.load_weights(init.state)
             self.init_note = f"{s['init']} (sha256 {init.fingerprint[:12]})"
+        self.net.to(ctx.device)
         for p in self.net.parameters():
             p.requires_grad_(True)
         per_epoch = len(ctx.train_loader(s["batch_size"]))
