@@ -1,13 +1,15 @@
 """Measure once: run a codec's whole split over a dataset and keep per-sample records.
 
 Each sample goes device_forward -> encode -> (bytes) -> decode -> server_forward, every stage timed
-with a monotonic clock after a warm-up pass. The model stages run on the task model's device
-(``runtime.device``); on a GPU the timer synchronises before each clock read, so a stage's time
-includes its queued kernels, and the records' cache key names the device, so CPU and GPU records
-never mix. The records hold real payload sizes, the entropy
+with a monotonic clock after a warm-up pass. The records hold real payload sizes, the entropy
 model's estimate, stage times, FLOPs, prediction and label; latency for any link and compute
 profile is priced from them later (splitbench.latency) without running the model again. Records
 are cached on disk, keyed by everything that changes them.
+
+The model stages run on the task model's device (``runtime.device``); on a GPU the timer
+synchronises before each clock read, so a stage's time includes its queued kernels, and the cache
+key names the GPU, so CPU and GPU records never mix. Entropy coding is on the CPU (the codec
+protocol; checked once per measurement).
 """
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ def prepare(device: torch.device | str) -> None:
     torch.backends.cudnn.conv.fp32_precision = "ieee"
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-    torch.cuda.set_device(device)
+    torch.cuda.set_device(device.index if device.index is not None else 0)
 
 
 def synchronizer(device: torch.device | str) -> Callable[[], None]:

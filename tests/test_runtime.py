@@ -90,6 +90,16 @@ def test_runtime_settings_are_checked(monkeypatch):
     assert resolve_workers("auto", 10_000, 1, "cuda:0") == 1  # one measuring process per GPU by default
 
 
+@pytest.mark.parametrize("config", ["config.yaml", "train.yaml"])
+def test_yaml_restates_the_declared_defaults(config):
+    import yaml
+
+    from splitbench.options import declared, defaults
+    from splitbench.paths import CONF_DIR
+
+    assert yaml.safe_load((CONF_DIR / config).read_text())["runtime"] == defaults(declared(runtime.RuntimeSettings))
+
+
 def test_cpu_clock_cannot_time_a_gpu(monkeypatch):
     from omegaconf import OmegaConf
 
@@ -255,6 +265,7 @@ def test_cross_device_decode_is_bit_exact(name, device, task_model, test_images)
     either end. The GPU's device half itself may quantise a latent near a rounding boundary
     differently from the CPU's (float rounding before quantisation), so end-to-end byte equality
     with an all-CPU run is reported, not required."""
+    device = resolve_device(device)
     runtime.prepare(device)
     images = test_images[0][:8]
     cpu = create_codec(name, **LEARNED[name])
