@@ -2,7 +2,7 @@
 
 Batch-1 stage times are only meaningful when every measuring thread has a core: with more runnable
 tasks than cores, a stage's wall time measures the scheduler. So each measurement records its
-threads, clock, workers, CPU model, cores available and load, samples how many *other* tasks are
+threads, clock, workers, device, CPU model, cores available and load, samples how many *other* tasks are
 runnable while it runs, and is flagged ``contended`` when the runnable demand (others + its own
 threads) exceeds the available cores by more than ``CONTENDED_ABOVE``.
 """
@@ -81,11 +81,14 @@ def auto_workers(n_samples: int, threads: int | None) -> int:
     return max(1, min(MAX_AUTO_WORKERS, free // max(1, threads or 1), n_samples // (MIN_SHARDED // 2)))
 
 
-def begin(threads: int | None, clock: str, workers: int) -> dict[str, Any]:
+def begin(threads: int | None, clock: str, workers: int, device: str = "cpu") -> dict[str, Any]:
+    """``device``: where the model stages ran (splitbench.runtime.device_label: ``cpu`` or
+    ``cuda:N <GPU name>``); entropy coding always ran on ``cpu``."""
     import torch
 
     return {"threads": threads or torch.get_num_threads(), "threads_requested": threads, "clock": clock,
-            "workers": workers, "cores": cores_available(), "cpu": cpu_model(), "load_before": loadavg()}
+            "workers": workers, "cores": cores_available(), "cpu": cpu_model(), "device": device,
+            "load_before": loadavg()}
 
 
 def end(cond: dict[str, Any], sampler: Sampler) -> dict[str, Any]:

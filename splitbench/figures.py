@@ -46,8 +46,9 @@ def load_suites(directory: Path = CONF_DIR / "figures") -> tuple[dict[str, dict[
 # suite -> sweep name -> overrides (comma lists are swept by Hydra)
 SUITES, SUITE_ARGS = load_suites()
 # Stage times in CPU seconds of one thread: the figures then do not depend on what else the machine
-# is doing while they are made (the runner's default is the wall clock).
-CLOCK_ARGS = ["measure.clock=cpu", "measure.threads=1"]
+# is doing while they are made (the runner's default is the wall clock). A CPU clock cannot time a
+# GPU, so the models run on the CPU even where runtime.device=auto would pick one.
+CLOCK_ARGS = ["measure.clock=cpu", "measure.threads=1", "runtime.device=cpu"]
 
 
 def _codec_of(overrides: list[str]) -> str:

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
@@ -24,6 +25,7 @@ from .errors import ConfigError
 from .measure import CLOCKS, RecordStore
 from .models import TaskModel, build_model
 from .options import OneOf, Range, build
+from .runtime import RuntimeSettings, loader_workers, resolve_device, runtime_settings
 from .shard import Pools
 
 
@@ -57,10 +59,11 @@ class Loaded:
     stores: dict[bool, RecordStore] = field(default_factory=dict)
     pools: Pools = field(default_factory=Pools)  # measuring worker pools (measure.workers > 1)
 
-    def task_model(self, model_cfg: dict[str, Any]) -> TaskModel:
-        key = _key(model_cfg)
+    def task_model(self, model_cfg: dict[str, Any], device: torch.device | str = "cpu") -> TaskModel:
+        """Built once per (model config, device), on ``device`` (where every model stage then runs)."""
+        key = _key([model_cfg, str(device)])
         if key not in self.models:
-            self.models[key] = build_model(model_cfg)
+            self.models[key] = build_model(model_cfg).to(device)
         return self.models[key]
 
     def dataset(self, data_cfg: dict[str, Any], task: TaskModel | None = None) -> Dataset:
@@ -98,6 +101,9 @@ class Job:
     store: RecordStore
     measure: MeasureSettings
     pools: Pools  # the owner's measuring worker pools
+    runtime: RuntimeSettings
+    torch_device: torch.device  # runtime.device resolved: where the task model and codec networks run
+    loader_workers: int  # data-loading processes of a single-process measurement
 
 
 def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
@@ -116,21 +122,34 @@ def measure_settings(cfg: DictConfig) -> MeasureSettings:
     return build(MeasureSettings, _node(cfg, "measure"), "measure")
 
 
+def job_runtime(cfg: DictConfig, measure: MeasureSettings) -> tuple[RuntimeSettings, torch.device]:
+    """``runtime.*`` checked and the device resolved (one line if the GPU asked for is not there);
+    a CPU clock cannot see GPU work, so ``measure.clock=cpu`` with a GPU is refused."""
+    runtime = runtime_settings(_node(cfg, "runtime") if "runtime" in cfg else {})
+    device = resolve_device(runtime.device)
+    if device.type != "cpu" and measure.clock == "cpu":
+        raise ConfigError(f"measure.clock=cpu counts this process's CPU seconds and cannot time GPU work; with "
+                          f"runtime.device={runtime.device} ({device}) use measure.clock=wall, or runtime.device=cpu")
+    return runtime, device
+
+
 def build_job(cfg: DictConfig, loaded: Loaded) -> Job:
-    """Validate everything cheap (link, profiles, measure settings, codec options) before the task
-    model and data are loaded."""
+    """Validate everything cheap (link, profiles, measure and runtime settings, codec options) before
+    the task model and data are loaded."""
     measure = measure_settings(cfg)
+    runtime, torch_device = job_runtime(cfg, measure)
     link = link_from_config(_node(cfg, "bandwidth"))
     device = profile_from_config(_node(cfg, "device"), "device")
     server = profile_from_config(_node(cfg, "server"), "server")
     model_cfg, data_cfg = _node(cfg, "model"), _node(cfg, "data")
     codec = codec_from_config(_node(cfg, "codec"), for_model=model_cfg.get("name"))
-    task = loaded.task_model(model_cfg)
+    task = loaded.task_model(model_cfg, torch_device)
     dataset = loaded.dataset(data_cfg, task)
     reference = create_codec(measure.reference) if measure.reference else None
     return Job(cfg=cfg, link=link, device=device, server=server, codec=codec, reference=reference, task=task,
                dataset=dataset, model_cfg=model_cfg, data_cfg={**data_cfg, **dataset_identity(dataset)},
-               store=loaded.store(measure.cache), measure=measure, pools=loaded.pools)
+               store=loaded.store(measure.cache), measure=measure, pools=loaded.pools, runtime=runtime,
+               torch_device=torch_device, loader_workers=loader_workers(runtime.loader_workers, torch_device))
 
 
-__all__ = ["Job", "Loaded", "MeasureSettings", "build_job", "codec_from_config", "measure_settings"]
+__all__ = ["Job", "Loaded", "MeasureSettings", "build_job", "codec_from_config", "measure_settings", "job_runtime"]

@@ -20,11 +20,12 @@ from omegaconf import DictConfig
 
 from . import __version__
 from .errors import ConfigError
-from .job import Job, Loaded, build_job, measure_settings
+from .job import Job, Loaded, build_job, job_runtime, measure_settings
 from .latency import price
 from .measure import measured_records
 from .metrics import summarize
 from .results import RESULTS_FILE, format_table, write_results
+from .runtime import prepare
 
 MODES = ("model", "live")
 
@@ -52,11 +53,12 @@ def _workers_setting(workers: int | str | None) -> int | str:
 
 
 def _timing_columns(cond: dict[str, Any]) -> dict[str, Any]:
-    """The conditions the row's stage times were measured under (see splitbench.conditions)."""
+    """The conditions the row's stage times were measured under (see splitbench.conditions); records
+    cached before devices existed were measured on the CPU."""
     return {"timing_contended": bool(cond.get("contended", False)), "timing_threads": cond.get("threads"),
             "timing_workers": cond.get("workers"), "timing_cores": cond.get("cores"),
             "timing_load": f"{cond.get('load_before')}/{cond.get('load_after')}" if cond else None,
-            "timing_cpu": cond.get("cpu")}
+            "timing_cpu": cond.get("cpu"), "timing_device": cond.get("device", "cpu") if cond else None}
 
 
 def run_model(job: Job) -> Measured:
@@ -64,7 +66,7 @@ def run_model(job: Job) -> Measured:
     the job's link and profiles; one row each."""
     m = job.measure
     how = dict(clock=m.clock, threads=m.threads, workers=_workers_setting(m.workers), model_cfg=job.model_cfg,
-               pools=job.pools)
+               pools=job.pools, loader_workers=job.loader_workers)
     args = (job.task, job.dataset, job.data_cfg, m.batch_size, job.store, m.progress)
     reference = ref_key = None
     ref_codec = job.reference
@@ -107,6 +109,8 @@ def execute(cfg: DictConfig, run_dir: Path | None = None, loaded: Loaded | None 
     if cfg.mode not in MODES:
         raise ConfigError(f"unknown mode {cfg.mode!r}; valid modes: {', '.join(MODES)}")
     measure = measure_settings(cfg)  # cheap checks first: nothing is loaded yet
+    _, device = job_runtime(cfg, measure)  # a GPU that is not there: one line, before anything loads
+    prepare(device)
     if measure.threads:
         torch.set_num_threads(measure.threads)
     if cfg.mode == "live":
@@ -135,8 +139,10 @@ def execute(cfg: DictConfig, run_dir: Path | None = None, loaded: Loaded | None 
 
 def print_summary(rows: list[dict[str, Any]], run_dir: Path | None, seconds: float) -> None:
     r = rows[0]
+    on = r.get("timing_device") if isinstance(r.get("timing_device"), str) else "cpu"  # where the models ran
     print(f"\nsplitbench {r['data']} / {r['model']} / link {r['bandwidth']} ({r['mbps']} Mbit/s, RTT "
-          f"{r['rtt_ms']} ms) / device {r['device']} / server {r['server']} / n={r['n']}")
+          f"{r['rtt_ms']} ms) / device {r['device']} / server {r['server']} / n={r['n']}"
+          + (f" / models on {on}" if on != "cpu" else ""))
     print(format_table(rows))
     if len(rows) > 1:
         print(f"({rows[1]['codec']} is the reference row; agreement = same top-1 as {rows[1]['codec']})")

@@ -3,6 +3,7 @@
     python -m splitbench.serve                              # 127.0.0.1:7878, model vit_fmnist
     python -m splitbench.serve --host 0.0.0.0 --port 9000 --model efficientnet_lite0
     python -m splitbench.serve --model none                 # SINK-only (link validation)
+    python -m splitbench.serve --device cuda                # the server half on the first GPU
 
 Host and port default to the server profile (conf/server/<profile>.yaml, ``host``/``port``); the
 model to conf/model/<name>.yaml. Clients open codec sessions by name; compute workers (``--workers``,
@@ -10,6 +11,11 @@ each loading the model once) build each codec on first use with the options the 
 (splitbench.live.options) and decode under a deadline (``--decode-timeout``): a stuck decoder's
 worker is killed and replaced. Ready when it prints ``listening on HOST:PORT`` (port 0 picks a free
 one). Ctrl-C / SIGTERM stop it within seconds, killing the workers.
+
+``--device`` (as ``runtime.device``: auto, cpu, cuda, cuda:N; default auto) is where the workers run
+the task model and the codecs' server networks; entropy decoding stays on the CPU (the codec
+protocol, splitbench.codecs.base). Workers are forked from a fork server that never initialises
+CUDA, so each initialises its own CUDA context (splitbench.live.pool).
 """
 from __future__ import annotations
 
@@ -67,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="model weights (default: the shipped checkpoint)")
     p.add_argument("--model-json", help="the whole model config as JSON (what mode=live passes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (decoding + the server model)")
+    p.add_argument("--device", default="auto",
+                   help="where workers run the server half: auto (a GPU if visible), cpu, cuda, cuda:N "
+                        "(entropy decoding always runs on the CPU)")
     p.add_argument("--workers", type=int, default=2,
                    help="compute worker processes (each loads the model; one stuck sample stalls only one)")
     p.add_argument("--decode-timeout", type=float, default=5.0,
@@ -104,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
         if not getattr(args, key) > 0:
             fail(f"--{key.replace('_', '-')} must be > 0 seconds, got {getattr(args, key)}")
     model_cfg = _model_config(args.model, args.checkpoint, args.model_json)
+    from .runtime import resolve_device  # torch: only once the cheap checks passed
+
+    try:
+        args.device = str(resolve_device(args.device))
+    except SplitbenchError as err:
+        fail(str(err).replace("runtime.device", "--device"))
     try:
         asyncio.run(_serve(host, port, model_cfg, args))
     except SplitbenchError as err:
@@ -123,7 +138,7 @@ async def _serve(host: str, port: int, model_cfg: dict[str, Any] | None, args: a
                           max_clients=args.max_clients, max_per_client=args.max_per_client)
     pool = PoolSettings(size=args.workers, threads=args.threads, decode_timeout_s=args.decode_timeout,
                         build_timeout_s=args.build_timeout, max_rss_bytes=args.worker_max_rss_mb << 20,
-                        imports=list(args.imports))
+                        imports=list(args.imports), device=args.device)
     server = EdgeServer(model_cfg, limits, pool)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -142,7 +157,7 @@ async def _serve(host: str, port: int, model_cfg: dict[str, Any] | None, args: a
         await server.aclose()
         raise
     model = server.model
-    what = f"model {model['name']} ({model['fingerprint'][:12]}), {args.workers} workers" if model \
+    what = f"model {model['name']} ({model['fingerprint'][:12]}), {args.workers} workers on {args.device}" if model \
         else "no model (SINK only)"
     print(f"splitbench.serve: listening on {bound_host}:{bound_port} ({what}, pid {os.getpid()})", flush=True)
     serving = asyncio.create_task(server.serve_forever())

@@ -2,8 +2,8 @@
 worker processes, and the records are merged back in dataset order.
 
 Workers are *spawned* (a fresh interpreter: forking a process whose OpenMP pool is running can
-hang the child), each sets its torch threads, builds the task model, dataset and codec once from
-their configs, warms up on the dataset's first batch like a single process does, then pulls chunk
+hang the child, and CUDA cannot be used in a forked child), each sets its torch threads, builds the
+task model (on the parent's device), dataset and codec once from their configs, warms up on the dataset's first batch like a single process does, then pulls chunk
 numbers from a shared counter until none are left. The parent measures chunks too while workers
 start, so worker start-up (seconds) never idles a core. Chunks start at multiples of the batch
 size, so every batch, and therefore every byte, prediction and FLOP count, is the one a single
@@ -45,7 +45,7 @@ def _take(lock: Any, job: Any, nxt: Any, total: Any, job_id: int) -> int | None:
         return nxt.value - 1
 
 
-def _worker(model_cfg: dict, data_cfg: dict, threads: int | None, clock: str, batch_size: int,
+def _worker(model_cfg: dict, data_cfg: dict, threads: int | None, clock: str, batch_size: int, device: str,
             inbox: Any, results: Any, shared: tuple, parent: int) -> None:
     """A worker process's life: build once, then measure chunks of each announced job."""
     import torch
@@ -53,13 +53,15 @@ def _worker(model_cfg: dict, data_cfg: dict, threads: int | None, clock: str, ba
     from .codecs import create_codec
     from .job import Loaded
     from .measure import Measurer, records_key
+    from .runtime import prepare
 
     if threads:
         torch.set_num_threads(threads)
     lock, job, nxt, total = shared
     try:
+        prepare(device)
         loaded = Loaded()  # the same builders as the parent's job (splitbench.job)
-        task = loaded.task_model(model_cfg)
+        task = loaded.task_model(model_cfg, device)
         dataset = loaded.dataset(data_cfg, task)
     except BaseException as err:  # reported on the first job
         setup_error: tuple[str, str] | None = _one_line(err)
@@ -89,10 +91,10 @@ def _worker(model_cfg: dict, data_cfg: dict, threads: int | None, clock: str, ba
 
 
 class Pool:
-    """``workers - 1`` spawned processes plus this one, for one (model, data, threads, clock, batch)."""
+    """``workers - 1`` spawned processes plus this one, for one (model, data, threads, clock, batch, device)."""
 
     def __init__(self, model_cfg: dict, data_cfg: dict, workers: int, threads: int | None, clock: str,
-                 batch_size: int) -> None:
+                 batch_size: int, device: str = "cpu") -> None:
         ctx = mp.get_context("spawn")
         self.lock = ctx.Lock()
         self.job, self.nxt, self.total = ctx.Value("q", 0, lock=False), ctx.Value("q", 0, lock=False), \
@@ -100,7 +102,7 @@ class Pool:
         self.results = ctx.Queue()
         self.inboxes = [ctx.Queue() for _ in range(workers - 1)]
         self.procs = [ctx.Process(target=_worker, daemon=True, name=f"splitbench-measure-{i + 1}",
-                                  args=(model_cfg, data_cfg, threads, clock, batch_size, inbox, self.results,
+                                  args=(model_cfg, data_cfg, threads, clock, batch_size, device, inbox, self.results,
                                         (self.lock, self.job, self.nxt, self.total), os.getpid()))
                       for i, inbox in enumerate(self.inboxes)]
         for p in self.procs:
@@ -175,17 +177,18 @@ class Pools:
         self._pools: dict[str, Pool] = {}
 
     def get(self, model_cfg: dict, data_cfg: dict, workers: int, threads: int | None, clock: str,
-            batch_size: int) -> Pool:
+            batch_size: int, device: str = "cpu") -> Pool:
         """A live pool for these settings (a pool with a dead worker is replaced)."""
         import json
 
-        key = json.dumps([model_cfg, data_cfg, workers, threads, clock, batch_size], sort_keys=True, default=str)
+        key = json.dumps([model_cfg, data_cfg, workers, threads, clock, batch_size, device], sort_keys=True,
+                         default=str)
         pool = self._pools.get(key)
         if pool is not None and pool.alive() < len(pool.procs):
             self.discard(pool)
             pool = None
         if pool is None:
-            pool = self._pools[key] = Pool(model_cfg, data_cfg, workers, threads, clock, batch_size)
+            pool = self._pools[key] = Pool(model_cfg, data_cfg, workers, threads, clock, batch_size, device)
         return pool
 
     def discard(self, pool: Pool) -> None:

@@ -140,7 +140,7 @@ def test_builtins_are_declared_as_entry_points():
 
 @pytest.mark.parametrize("args,line", [
     (["bandwith=10mbps"], "unknown config key 'bandwith' (did you mean 'bandwidth'?); valid keys: bandwidth, "
-                          "codec, data, device, live, measure, mode, model, results, server"),
+                          "codec, data, device, live, measure, mode, model, results, runtime, server"),
     (["measure.thread=1"], "unknown config key 'measure.thread' (did you mean 'measure.threads'?); valid keys: "
                            "measure.batch_size, measure.cache, measure.clock, measure.progress, measure.reference, "
                            "measure.threads"),

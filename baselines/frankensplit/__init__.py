@@ -157,9 +157,14 @@ class FrankenSplitCodec(Codec):
             check_server(self.arch, task)
         super().bind(task)
 
+    def device_modules(self) -> list[torch.nn.Module]:
+        """Encoder and decoder; the entropy models (and the hyperprior's h_a/h_s, which set the
+        Gaussian's CDF indexes) stay on the CPU, so both ends index the same CDFs on any device."""
+        return [self.net.encoder, self.net.decoder]
+
     # -- the four stages ----------------------------------------------------------------
     def device_forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.encoder(self.task.normalize(images))
+        return self.net.encoder(self.task.normalize(images)).float().cpu()
 
     def encode(self, features: torch.Tensor) -> list[Payload]:
         check_latent(features, NAME)  # out-of-range symbols could hang compressai's encoder
@@ -194,9 +199,10 @@ class FrankenSplitCodec(Codec):
         return y_hat
 
     def server_forward(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = self.net.decoder(features.to(self.device))
         if self.arch.generic:
-            return self._cut.tail(self.net.decoder(features))
-        return vit_logits_from(self.task.net, self.net.decoder(features), self.split)
+            return self._cut.tail(tokens)
+        return vit_logits_from(self.task.net, tokens, self.split)
 
     # -- description -----------------------------------------------------------------------
     def rate_point(self) -> str:

@@ -277,8 +277,9 @@ def encoder_stats(net: FrankenSplitNet, input_size: tuple[int, int, int]) -> dic
     from torch.utils.flop_counter import FlopCounterMode
 
     params = sum(p.numel() for p in net.encoder.parameters())
+    device = next(net.encoder.parameters()).device
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net.encoder(torch.zeros(1, *input_size))
+        net.encoder(torch.zeros(1, *input_size, device=device))
     return {"params": params, "size_kb_fp16": round(params * 2 / 1024, 1),
             "mflops": round(counter.get_total_flops() / 1e6, 2)}
 

@@ -80,6 +80,7 @@ class FrankenSplitTrainer:
             except (KeyError, RuntimeError) as err:
                 raise init.misfit(f"{NAME} with arch {self.arch.to_dict()}", str(err)) from None
             self.init_note = f"{s['init']} (sha256 {init.fingerprint[:12]})"
+        self.net.to(ctx.device)
         for p in self.net.parameters():
             p.requires_grad_(True)
         per_epoch = len(ctx.train_loader(s["batch_size"]))

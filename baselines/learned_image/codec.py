@@ -13,6 +13,14 @@ golden hashes in tests/test_learned_image.py. Bitstreams are portable across pro
 machine; across different CPUs/BLAS builds float differences in the entropy parameters can break
 decoding (compressai #279, #309), as for every float learned codec.
 
+Devices: only ``g_a`` (device) and ``g_s`` (server) move with ``runtime.device``
+(:meth:`device_modules`). The hyper-analysis and -synthesis, ELIC's channel and checkerboard
+context models, the entropy bottleneck, the Gaussian conditional and its CDF tables are never
+moved: ``encode``/``decode`` (``_code_latents``) run them on the CPU in float32 on the CPU latent
+``device_forward`` returns, so the CDF indexes that both ends compute from the same quantised
+symbols are the same whichever device ran ``g_a`` or ``g_s`` (the cross-device mismatch of
+compressai #279/#309/#320 cannot happen between a GPU and a CPU half of one machine).
+
 PSNR: the server reconstructs the image from the real bytes anyway; to score it against the
 original without sending the original, the encoder leaves the original in this process's memory
 (a measurement side channel, never on the wire) and ``server_forward`` writes ``psnr`` into that
@@ -145,6 +153,10 @@ class LearnedImageCodec(Codec):
         self._n_symbols = y.numel() + z.numel()
         self._max_bytes = self.max_payload_bytes()
 
+    def device_modules(self) -> list[nn.Module]:
+        """The transforms only; every entropy-parameter network stays on the CPU (module doc)."""
+        return [self.net.g_a, self.net.g_s]
+
     def _entropy_bottleneck(self) -> nn.Module:
         """The z entropy model (its channel count fixes the hyper-latent shape)."""
         return next(m for m in self.net.modules() if isinstance(m, EntropyBottleneck))
@@ -186,10 +198,11 @@ class LearnedImageCodec(Codec):
                               f"{tuple(images.shape[1:])}")
 
     def device_forward(self, images: torch.Tensor) -> DeviceOutput:
-        """g_a, one image at a time (bytes must not depend on which batch an image came in)."""
+        """g_a, one image at a time (bytes must not depend on which batch an image came in), on the
+        device; the latents come back to the CPU, where they are entropy-coded."""
         self._check_images(images)
-        x = self.to_network(images)
-        return DeviceOutput([self.net.g_a(x[i:i + 1]) for i in range(len(x))], images)
+        x = self.to_network(images.to(self.device))
+        return DeviceOutput([self.net.g_a(x[i:i + 1]).cpu() for i in range(len(x))], images)
 
     def _encode_latents(self, y: torch.Tensor) -> tuple[list[bytes], LatentCoder]:
         """The streams, and the coder that can still estimate their bits (on demand)."""
@@ -232,12 +245,12 @@ class LearnedImageCodec(Codec):
 
     def reconstruct(self, decoded: Decoded) -> torch.Tensor:
         """The decoded uint8 images (N,C,H,W); fills in ``psnr`` for payloads encoded here."""
-        images = torch.cat([self.from_network(self.net.g_s(y_hat)) for y_hat in decoded.latents])
+        images = torch.cat([self.from_network(self.net.g_s(y_hat.to(self.device))) for y_hat in decoded.latents])
         for blob, image in zip(decoded.blobs, images):
             waiting = self._pending.get(blob)
             if waiting:
                 original, extras = waiting.pop()  # the latest encode of these bytes (stale ones stay)
-                extras["psnr"] = psnr(image, original)
+                extras["psnr"] = psnr(image.cpu(), original)
                 if not waiting:
                     del self._pending[blob]
         return images
@@ -252,10 +265,10 @@ class LearnedImageCodec(Codec):
         sample of images for identical bytes and records the result in the manifest).
         """
         self._check_images(images)
-        blobs, coder = self._encode_latents(self.net.g_a(self.to_network(images)))
+        blobs, coder = self._encode_latents(self.net.g_a(self.to_network(images.to(self.device))).cpu())
         bits = coder.estimated_bits
-        decoded = self.from_network(self.net.g_s(self._decode_latents(blobs)))
-        return blobs, bits, decoded
+        decoded = self.from_network(self.net.g_s(self._decode_latents(blobs).to(self.device)))
+        return blobs, bits, decoded.cpu()
 
     def server_forward(self, features: Decoded) -> torch.Tensor:
         return self.task(self.reconstruct(features))

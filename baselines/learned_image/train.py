@@ -76,6 +76,7 @@ class LearnedImageTrainer:
             init = resolve(path=s["init"]) if str(s["init"]).endswith(".pt") else resolve(name=str(s["init"]))
             nets.load_weights(self.net, init.state, init.source)
             self.init_note = f"{s['init']} (sha256 {init.fingerprint[:12]})" if init.entry else str(s["init"])
+        self.net.to(ctx.device)
         steps = ctx.steps(s["steps"])
         dl = ctx.train_loader(s["batch_size"])
         # padding/cropping exactly as the codec does (the codec object needs the task model; mirror it)

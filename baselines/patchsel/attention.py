@@ -49,7 +49,7 @@ def edge_forward(net: VisionTransformer, x: torch.Tensor, score: str = "cls_atte
         if score == "rollout" or i == last:
             probs = attention_probs(block, tokens).mean(dim=1)  # (B, N, N), head mean
             if score == "rollout":
-                eye = torch.eye(probs.shape[-1], dtype=probs.dtype).expand_as(probs)
+                eye = torch.eye(probs.shape[-1], dtype=probs.dtype, device=probs.device).expand_as(probs)
                 mixed = 0.5 * probs + 0.5 * eye
                 mixed = mixed / mixed.sum(dim=-1, keepdim=True)
                 rollout = mixed if rollout is None else mixed @ rollout

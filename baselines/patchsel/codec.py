@@ -9,6 +9,11 @@ as a compact mask plus their pixels (see wire.py); the server runs its ViT on th
 The original paper counts cost as the fraction of tokens sent with raw pixels and indices free;
 here the rate is the payload's real length, and the paper's token fraction is reported beside it
 (``token_cost``: kept/49 per offloaded image, 0 for a local answer).
+
+Devices: the edge model and the server ViT run on ``runtime.device``; the edge's logits and patch
+scores come back to the CPU, where the gate and the selection rule decide what is sent. Nothing is
+entropy-modelled from floats on the server side: the payload carries the kept indices and their
+pixels (deflate or JPEG), so it decodes the same on any device.
 """
 from __future__ import annotations
 
@@ -53,6 +58,12 @@ class EdgeCodec(Codec):
     def fingerprint(self) -> dict[str, Any]:
         return {"edge": self.edge.fingerprint}
 
+    def device_modules(self) -> list[torch.nn.Module]:
+        """The edge model, and a server ViT copy with fine-tuned weights when this codec holds one."""
+        own = getattr(self, "server_net", None)
+        task_net = getattr(getattr(self, "task", None), "net", None)
+        return [self.edge, *([own] if own is not None and own is not task_net else [])]
+
     def check_edge_fits(self, task: TaskModel) -> None:
         """The edge model sees the server model's images and answers in its classes, or it cannot stand in."""
         edge, size = self.edge, tuple(task.input_size)
@@ -79,7 +90,7 @@ class LocalCodec(EdgeCodec):
         super().bind(task)
 
     def device_forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.edge(images)
+        return self.edge(images).cpu()
 
     def encode(self, features: torch.Tensor) -> list[Payload]:
         return [Payload(b"", local_prediction=int(i)) for i in features.argmax(dim=-1)]
@@ -139,7 +150,7 @@ class PatchSelCodec(EdgeCodec):
                               f"{task.name!r}'s {self.grid}; patchsel needs the same grid on both ends")
         self.server_net = task.net
         if self._server_weights is not None:
-            self.server_net = copy.deepcopy(task.net)
+            self.server_net = copy.deepcopy(task.net)  # on the task model's device
             try:
                 self.server_net.load_state_dict(self._server_weights.state, strict=True)
             except RuntimeError as err:
@@ -150,7 +161,7 @@ class PatchSelCodec(EdgeCodec):
     # -- device ------------------------------------------------------------------------------------
     def device_forward(self, images: torch.Tensor) -> EdgeOutput:
         logits, scores = edge_forward(self.edge.net, self.edge.normalize(images), self.score)
-        return EdgeOutput(images=images, logits=logits, scores=scores)
+        return EdgeOutput(images=images, logits=logits.cpu(), scores=scores.cpu())
 
     def encode(self, features: EdgeOutput) -> list[Payload]:
         u = uncertainty(features.logits, self.gate)
@@ -198,8 +209,8 @@ class PatchSelCodec(EdgeCodec):
         for i, (indices, _) in enumerate(features):
             by_count.setdefault(len(indices), []).append(i)
         for members in by_count.values():
-            idx = torch.from_numpy(np.stack([features[i][0] for i in members]))
-            patches = torch.from_numpy(np.stack([features[i][1] for i in members]))  # B,n,C,p,p
+            idx = torch.from_numpy(np.stack([features[i][0] for i in members])).to(self.device)
+            patches = torch.from_numpy(np.stack([features[i][1] for i in members]))  # B,n,C,p,p (normalize moves them)
             normed = self.task.normalize(patches.flatten(0, 1)).view(*patches.shape)
             for j, row in zip(members, kept_logits(self.server_net, normed, idx)):
                 logits[j] = row

@@ -46,9 +46,9 @@ class PatchDropTrainer:
     def setup(self, ctx: Any) -> TrainSetup:
         s = self.settings
         self.ctx = ctx
-        self.reference = self.cls(**self.options)  # loads the edge model and validates the options
+        self.reference = self.cls(**self.options).to(ctx.device)  # loads the edge model, checks the options
         self.edge = self.reference.edge
-        self.server = build_model(OmegaConf.to_container(ctx.cfg.model, resolve=True))
+        self.server = build_model(OmegaConf.to_container(ctx.cfg.model, resolve=True)).to(ctx.device)
         self.grid = grid_of(self.server.net, self.server.input_size, f"server model {self.server.name!r}")
         for p in self.server.parameters():
             p.requires_grad_(True)
@@ -82,6 +82,7 @@ class PatchDropTrainer:
     def evaluate(self, weights: Weights, ctx: Any) -> dict[str, Any]:
         server = build_model(OmegaConf.to_container(ctx.cfg.model, resolve=True))
         server.net.load_state_dict(weights.state, strict=True)
+        server.to(ctx.device)
         test = ctx.test_set()
         return {"full_image_top1": round(evaluate(server, test), 4),
                 **evaluate_codec(self.reference, server, test, batch_size=500), "codec_options": self.options}

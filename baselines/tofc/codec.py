@@ -16,6 +16,12 @@ Choices where the paper is silent (each a config value):
   ``n_clusters=49`` (>= the patch count) skips merging (the "entropy model only" ablation).
 - the server tail is the shipped server ViT, frozen; ``finetune_tail=true`` trains and ships a copy.
 
+Devices: the ViT blocks and the DPC-KNN merge run on ``runtime.device``; the merged tokens come
+back to the CPU, where the whole entropy model (quantiser basis and steps, hyper-analysis, the
+experts' hyper-synthesis, the router, the CDF tables) runs in ``encode``/``decode``: it is never
+moved (``device_modules`` lists only a fine-tuned tail copy), so both ends pick the same CDF rows
+whatever device the ViT halves ran on.
+
 Checkpoints: ``checkpoints/tofc_s{split}_c{n_clusters}_e{n_experts}_{lap|gau}_l{lmbda}[_ft][_notf].pt``,
 chosen by the options; ``checkpoint=PATH`` loads a user's file (same options as at training).
 """
@@ -141,9 +147,15 @@ class TofcCodec(Codec):
                                   f"has {dim}")
         self._server_net = net
         if self.tail_state is not None:
-            server = copy.deepcopy(net)
+            server = copy.deepcopy(net)  # on the task model's device, as the task model is
             tail_modules(server, self.split).load_state_dict(self.tail_state)
             self._server_net = server.eval()
+
+    def device_modules(self) -> list[nn.Module]:
+        """A fine-tuned tail's own copy of the server ViT (the task model is its owner's); the entropy
+        model (``self.coder``) is never listed: it codes on the CPU."""
+        net = self._server_net
+        return [net] if net is not None and net is not getattr(getattr(self, "task", None), "net", None) else []
 
     @property
     def n_tokens(self) -> int:
@@ -160,7 +172,7 @@ class TofcCodec(Codec):
     # -- the four stages -----------------------------------------------------------------------
     def device_forward(self, images: torch.Tensor) -> torch.Tensor:
         tokens = vit_tokens_until(self.task.net, self.task.normalize(images), self.split)
-        return dpc_knn_merge(tokens, self.n_clusters, self.k)
+        return dpc_knn_merge(tokens, self.n_clusters, self.k).cpu()
 
     def encode(self, features: torch.Tensor) -> list[Payload]:
         n_tok = features.shape[1]
@@ -192,7 +204,7 @@ class TofcCodec(Codec):
         return torch.stack([self.coder.decode(blob, n_tok, i) for i, blob in enumerate(data)])
 
     def server_forward(self, features: torch.Tensor) -> torch.Tensor:
-        return vit_logits_from(self._server_net, features, self.split)
+        return vit_logits_from(self._server_net, features.to(self.device), self.split)
 
     def rate_point(self) -> str:
         parts = [f"s={self.split}", f"nc={self.n_clusters}"]

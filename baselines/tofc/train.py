@@ -46,18 +46,23 @@ def head_tokens(codec: Any, task: Any, dataset: Any, n: int, seed: int) -> tuple
     """Tokens after the split (fp16) and labels of ``n`` seeded-random training images.
 
     The device half is frozen, so these are computed once and cached on disk (keyed by the server
-    checkpoint, split, n and seed): every training run then costs only the entropy model and tail.
+    checkpoint, split, n, seed and, off the CPU, the device type): every training run then costs only
+    the entropy model and tail. They are computed where the task model is and stored as CPU tensors.
     """
     from torch.utils.data import Subset
 
-    path = cache_dir() / "tofc" / f"head_{task.fingerprint[:16]}_s{codec.split}_n{n}_seed{seed}.pt"
+    from splitbench.runtime import module_device
+
+    device = module_device(task)
+    on = "" if device.type == "cpu" else f"_{device.type}"
+    path = cache_dir() / "tofc" / f"head_{task.fingerprint[:16]}_s{codec.split}_n{n}_seed{seed}{on}.pt"
     if path.exists():
         cached = torch.load(path, weights_only=True)
         return cached["tokens"], cached["labels"]
     subset = Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist())
     tokens, labels = [], []
     for images, y in loader(subset, 500, shuffle=False):
-        tokens.append(vit_tokens_until(task.net, task.normalize(images), codec.split).half())
+        tokens.append(vit_tokens_until(task.net, task.normalize(images), codec.split).half().cpu())
         labels.append(y)
     out = {"tokens": torch.cat(tokens), "labels": torch.cat(labels)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +97,7 @@ class TofcTrainer:
         c.bind(self.task)
         self.dim = dim = self.task.net.embed_dim
         self.n_train = n_train = min(int(s["images"]), len(ctx.train_set))
-        heads = head_tokens(c, self.task, ctx.train_set, n_train, ctx.seed)
+        heads = tuple(t.to(ctx.device) for t in head_tokens(c, self.task, ctx.train_set, n_train, ctx.seed))
         with torch.no_grad():  # DPC-KNN is training-free: merge every cached image once
             self.feats = torch.cat([dpc_knn_merge(heads[0][i:i + 500].float(), c.n_clusters, c.k).half()
                                     for i in range(0, n_train, 500)])
@@ -104,7 +109,7 @@ class TofcTrainer:
                                      for i in range(0, n_train, 500)])
             self.labels[unlabelled] = answers[unlabelled]
         self.model = SelectiveHyperprior(dim, c.hyper_channels, c.hidden, c.n_experts, c.distribution,
-                                         float(s["q_step"]), c.transform)
+                                         float(s["q_step"]), c.transform).to(ctx.device)
         init = self.feats[:INIT_IMAGES].float().reshape(-1, dim)
         if init.shape[0] < dim:  # a few images of a wide ViT: add their unmerged tokens to the PCA
             init = torch.cat([init, heads[0][:INIT_IMAGES].float().reshape(-1, dim)])

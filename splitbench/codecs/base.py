@@ -7,6 +7,19 @@ The runner times the four stages separately, so a codec implements them as four 
 
 ``encode`` and ``decode`` must be each other's inverse on real bytes: the rate that splitbench
 reports is ``len(payload.data)``, the bytes the decoder really decoded.
+
+Devices (``runtime.device``): the model stages may run on a GPU, entropy coding never does.
+``bind(task)`` moves the codec's own networks (:meth:`Codec.device_modules`: analysis/synthesis
+transforms, ViT blocks, edge models) to the task model's device; every module that decides an
+entropy-coding parameter (hyper-analysis and -synthesis, context models, quantised CDF tables and
+the CDF index computation) is never listed there and stays on the CPU in float32. The wire side is
+CPU-only by contract: ``device_forward`` returns CPU tensors (it ends with the copy back to host
+memory, so that copy is part of the device stage's time), ``encode`` and ``decode`` take and return
+CPU tensors, ``server_forward`` moves what ``decode`` returned to the device. So the encoder and
+the decoder compute every CDF index from the same quantised symbols with the same CPU arithmetic
+whichever device ran the other half, and a payload decodes bit-exactly across devices. What a GPU
+can change is the device half's float output *before* quantisation (its last bits differ from the
+CPU's), i.e. which symbols are sent, never whether they decode.
 """
 from __future__ import annotations
 
@@ -110,27 +123,48 @@ class Codec(abc.ABC):
             cls.__init__ = _recording(init)  # type: ignore[method-assign]
 
     task: "TaskModel"
+    #: where the codec's model stages run (``to``/``bind`` set it); entropy coding is always on the CPU
+    device: torch.device = torch.device("cpu")
 
     def bind(self, task: "TaskModel") -> None:
-        """Attach the server task model (frozen) before any stage runs."""
+        """Attach the server task model (frozen) before any stage runs, and move this codec's
+        networks to the task model's device (the task model's owner decides where it runs)."""
+        from ..runtime import module_device
+
         self.task = task
+        self.to(module_device(task))
+
+    def device_modules(self) -> list[torch.nn.Module]:
+        """The networks of ``device_forward``/``server_forward`` that this codec owns (the task model
+        is its owner's). Never an entropy model: those stay on the CPU. Default: none."""
+        return []
+
+    def to(self, device: torch.device | str) -> "Codec":
+        """Run the model stages on ``device``: moves :meth:`device_modules` (entropy coding stays on the CPU)."""
+        device = torch.device(device)
+        for module in self.device_modules():
+            module.to(device)
+        self.device = device
+        return self
 
     # -- device side -----------------------------------------------------------------------
     def device_forward(self, images: torch.Tensor) -> Any:
-        """Device compute before coding (the backbone head). Default: none, send the image."""
+        """Device compute before coding (the backbone head) on CPU uint8 images; returns CPU tensors
+        (what ``encode`` codes). Default: none, send the image."""
         return images
 
     @abc.abstractmethod
     def encode(self, features: Any) -> list[Payload]:
-        """Turn the device features of a batch into one payload per sample."""
+        """Turn the device features of a batch (CPU tensors) into one payload per sample."""
 
     # -- server side -----------------------------------------------------------------------
     @abc.abstractmethod
     def decode(self, data: list[bytes]) -> Any:
-        """Parse real bytes back into server-side features; raise PayloadError on bad input."""
+        """Parse real bytes back into server-side features (CPU tensors); PayloadError on bad input."""
 
     def server_forward(self, features: Any) -> torch.Tensor:
-        """Server compute after decoding. Default: the task model on a decoded image batch."""
+        """Server compute after decoding, on ``self.device`` (logits may stay there). Default: the task
+        model on a decoded image batch (it moves the CPU images to its device itself)."""
         return self.task(features)
 
     def max_payload_bytes(self) -> int:

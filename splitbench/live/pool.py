@@ -17,6 +17,13 @@ Design, and why:
   recycled the same way, so a leak or an amplifying decoder cannot grow the server without bound.
 * **Shutdown kills.** ``aclose`` SIGKILLs every worker, so SIGTERM ends the server within seconds
   even while a worker is stuck.
+* **GPUs and the fork server.** CUDA cannot be used in a child forked from a process that has
+  initialised it. The fork server is a fresh interpreter (started by fork + exec, never forked from
+  this server) and its preload only *imports* torch, compressai and the codecs, which initialises
+  no CUDA (tests/test_runtime.py checks it), so every worker initialises CUDA itself after its fork
+  and runs the server half (task model + the codec's networks) on ``device``; entropy decoding stays
+  on the CPU by the codec protocol. Each worker then holds its own CUDA context (~0.5 GB of GPU
+  memory). A worker that finds CUDA poisoned anyway says so and the pool refuses to start.
 """
 from __future__ import annotations
 
@@ -63,6 +70,7 @@ class PoolSettings:
     queue_timeout_s: float = 30.0      # waiting for a free worker
     max_rss_bytes: int = 4 << 30       # a worker above this after a request is replaced
     imports: list[str] = field(default_factory=list)  # extra modules (e.g. plugin codecs) in every worker
+    device: str = "cpu"                # where workers run the server half (runtime.device, resolved)
 
 
 @dataclass
@@ -191,7 +199,8 @@ class WorkerPool:
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=_worker_entry, name="splitbench-worker", daemon=True,
-                                 args=(child, self.model_cfg, self.settings.threads, list(self.settings.imports)))
+                                 args=(child, self.model_cfg, self.settings.threads, list(self.settings.imports),
+                                       self.settings.device))
         proc.start()
         child.close()
         return _Worker(proc, parent, busy=True)

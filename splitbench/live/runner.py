@@ -131,10 +131,11 @@ class SpawnedServer:
 
 
 def spawn_argv(model_cfg: dict[str, Any] | None, host: str, threads: int = 1,
-               extra: list[str] | None = None) -> list[str]:
+               extra: list[str] | None = None, device: str = "cpu") -> list[str]:
+    """The command of a local server; ``device``: where its workers run the server half."""
     model = ["--model-json", json.dumps(model_cfg)] if model_cfg is not None else ["--model", "none"]
     return [sys.executable, "-m", "splitbench.serve", "--host", host, "--port", "0", "--threads", str(threads),
-            "--log-level", "WARNING", *model, *(extra or [])]
+            "--device", device, "--log-level", "WARNING", *model, *(extra or [])]
 
 
 @contextlib.contextmanager
@@ -156,7 +157,9 @@ def _terminate_cleanly() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def endpoint(cfg: DictConfig, live: dict[str, Any], link: Link, model_cfg: dict[str, Any]) -> Iterator[Endpoint]:
+def endpoint(cfg: DictConfig, live: dict[str, Any], link: Link, model_cfg: dict[str, Any],
+             device: str = "cpu") -> Iterator[Endpoint]:
+    """Where the live samples go; a server spawned here runs its server half on ``device``."""
     shape = live["shape"]
     if shape:
         reason = shaping_unavailable()
@@ -168,7 +171,8 @@ def endpoint(cfg: DictConfig, live: dict[str, Any], link: Link, model_cfg: dict[
     with _terminate_cleanly():
         if shape:
             with shaped_link(link.mbps, mtu=link.mtu) as sl:
-                server = SpawnedServer(sl.exec_argv(spawn_argv(model_cfg, sl.server_addr)), live["timeout_s"])
+                server = SpawnedServer(sl.exec_argv(spawn_argv(model_cfg, sl.server_addr, device=device)),
+                                       live["timeout_s"])
                 try:
                     primer = primer_size(sl.burst_bytes, link.mtu, HEADER_SIZE) if live["drain_bucket"] else 0
                     refill = 1.05 * sl.burst_bytes * 8 / (link.mbps * 1e6) + 5e-4 if primer else 0.0
@@ -176,7 +180,7 @@ def endpoint(cfg: DictConfig, live: dict[str, Any], link: Link, model_cfg: dict[
                 finally:
                     server.stop()
         elif live["spawn"] or live["shape"]:
-            server = SpawnedServer(spawn_argv(model_cfg, "127.0.0.1"), live["timeout_s"])
+            server = SpawnedServer(spawn_argv(model_cfg, "127.0.0.1", device=device), live["timeout_s"])
             try:
                 yield Endpoint(server.host, server.port, None, "localhost, unshaped (spawned server)", 0, rtt)
             finally:
@@ -199,7 +203,7 @@ def run_live(job: Job, live: dict[str, Any], run_model: Callable[[], Any],
     """
     codec, task = job.codec, job.task
     codec.bind(task)
-    with endpoint(job.cfg, live, job.link, job.model_cfg) as ep:
+    with endpoint(job.cfg, live, job.link, job.model_cfg, str(job.torch_device)) as ep:
         print(f"splitbench: live link: {ep.description}; server {ep.host}:{ep.port}"
               f"{f'; +{ep.rtt_ms:g} ms RTT at the server' if ep.rtt_ms else ''}", flush=True)
         with _session(ep, live, codec, task):  # fail fast: server reachable, codec and model agree

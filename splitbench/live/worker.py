@@ -19,7 +19,7 @@ import signal
 import time
 from collections import OrderedDict
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -28,6 +28,7 @@ from ..codecs import CODECS, Codec, create_codec
 from ..errors import SplitbenchError
 from ..models import build_model
 from ..models import efficientnet, vit, vit_edge  # noqa: F401  (register the built-in models)
+from ..runtime import prepare, synchronizer
 from .options import check_client_options
 from .pool import codec_key
 
@@ -53,20 +54,27 @@ def rss_bytes() -> int:
     return 0
 
 
-def worker_main(conn: Connection, model_cfg: dict[str, Any], threads: int, imports: list[str]) -> None:
-    """Entry point of one worker process: load the task model once, then serve requests until EOF."""
+def worker_main(conn: Connection, model_cfg: dict[str, Any], threads: int, imports: list[str],
+                device: str = "cpu") -> None:
+    """Entry point of one worker process: load the task model once (on ``device``: the server half
+    runs there, decoding on the CPU), then serve requests until EOF."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group; the server stops us
     try:
         torch.set_num_threads(threads)
+        if torch.device(device).type == "cuda" and torch.cuda._is_in_bad_fork():
+            raise RuntimeError("CUDA was initialised in the fork server before this worker was forked; "
+                               "run the server with --device cpu")
+        prepare(device)
         for module in imports:
             importlib.import_module(module)
-        task = build_model(model_cfg)
+        task = build_model(model_cfg).to(device)
     except BaseException as err:  # reported to the server, which says why it cannot start
         conn.send(("failed", f"{type(err).__name__}: {err}"))
         return
     conn.send(("ready", {"name": task.name, "fingerprint": task.fingerprint,
-                         "input_size": list(task.input_size)}))
+                         "input_size": list(task.input_size), "device": str(device)}))
+    sync = synchronizer(device)
     codecs: OrderedDict[str, Codec] = OrderedDict()
     while True:
         try:
@@ -79,7 +87,7 @@ def worker_main(conn: Connection, model_cfg: dict[str, Any], threads: int, impor
                 value: Any = {"codec": codec.name, "rate_point": codec.rate_point(),
                               "max_payload_bytes": int(codec.max_payload_bytes())}
             else:
-                value = infer(codec, data)
+                value = infer(codec, data, sync)
             reply = ("ok", value)
         except SplitbenchError as err:
             reply = ("rejected", str(err))
@@ -102,8 +110,9 @@ def _codec(cache: OrderedDict[str, Codec], task: Any, name: str, options: dict[s
     return codec
 
 
-def infer(codec: Codec, data: bytes) -> tuple[int, float, float]:
-    """Decode one payload and run the server half; returns (top-1, decode s, server s)."""
+def infer(codec: Codec, data: bytes, sync: Callable[[], None] = lambda: None) -> tuple[int, float, float]:
+    """Decode one payload (CPU) and run the server half (the codec's device; ``sync`` waits for its
+    kernels before the clock is read); returns (top-1, decode s, server s)."""
     from ..errors import PayloadError
 
     if not data:
@@ -113,6 +122,7 @@ def infer(codec: Codec, data: bytes) -> tuple[int, float, float]:
         features = codec.decode([data])
         t1 = time.perf_counter()
         logits = codec.server_forward(features)
+        sync()
         t2 = time.perf_counter()
     return int(logits[0].argmax()), t1 - t0, t2 - t1
 

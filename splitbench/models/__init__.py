@@ -47,6 +47,9 @@ class TaskModel(nn.Module):
         self.interpolation = str(interpolation)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or [0,1] float) images from any device -> normalised floats on this model's device
+        (decoders and data loaders hand over CPU tensors; the copy is part of the calling stage)."""
+        images = images.to(self.mean.device)
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         return (x - self.mean) / self.std
 

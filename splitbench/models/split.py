@@ -119,8 +119,10 @@ class SplitBackbone(nn.Module):
 
     def feature_shape(self, input_size: tuple[int, int, int]) -> tuple[int, ...]:
         """Shape of one sample's features at the split for an input of ``input_size`` (C, H, W)."""
+        from ..runtime import module_device
+
         with torch.inference_mode():
-            out = self.head(torch.zeros(1, *input_size))
+            out = self.head(torch.zeros(1, *input_size, device=module_device(self.net)))
         return tuple(out.shape[1:])
 
     def describe(self) -> dict[str, Any]:

@@ -19,21 +19,27 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def loader(dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+def loader(dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
+           workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches read in this process (``workers=0``) or by ``workers`` persistent DataLoader processes;
+    the shuffle draws from ``generator`` here either way, so the batches are the same."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
+                      pin_memory=pin_memory, persistent_workers=workers > 0)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random shift by up to ``pad`` pixels (zero padded) and horizontal flip, on a uint8 batch."""
+    """Random shift by up to ``pad`` pixels (zero padded) and horizontal flip, on a uint8 batch on any
+    device; the random draws come from the CPU ``generator``, so every device sees the same ones."""
     n, _, h, w = images.shape
+    dev = images.device
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h))  # n,h
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))  # n,w
-    idx_n = torch.arange(n).view(n, 1, 1)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    rows = (dy.view(n, 1) + torch.arange(h, device=dev).view(1, h))  # n,h
+    cols = (dx.view(n, 1) + torch.arange(w, device=dev).view(1, w))  # n,w
+    idx_n = torch.arange(n, device=dev).view(n, 1, 1)
     out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
     out[flip] = out[flip].flip(-1)
     return out.contiguous()
 
@@ -50,7 +56,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, batch_size: int = 500) ->
     model.eval()
     correct = total = 0
     for images, labels in loader(dataset, batch_size, shuffle=False):
-        correct += int((model(images).argmax(-1) == labels).sum())
+        correct += int((model(images).argmax(-1).cpu() == labels).sum())
         total += len(labels)
     return correct / max(1, total)
 
@@ -67,7 +73,8 @@ def evaluate_codec(codec: Any, task: Any, dataset: Dataset, batch_size: int = 10
     (payloads with a ``local_prediction``) included. A codec with ``round_trip_batched(images) ->
     (bytes, estimated bits, decoded images)`` (the learned image codecs: ~20x faster than one image
     at a time) is scored through that instead, and the per-image path is run on the first
-    ``check_images`` images to record how many give identical bytes.
+    ``check_images`` images to record how many give identical bytes. ``bind`` puts the codec's
+    networks on the task model's device.
     """
     codec.bind(task)
     batched = getattr(codec, "round_trip_batched", None)
@@ -76,7 +83,7 @@ def evaluate_codec(codec: Any, task: Any, dataset: Dataset, batch_size: int = 10
     n_est = n_psnr = 0
     for images, labels in loader(dataset, batch_size, shuffle=False):
         if batched is not None:
-            blobs, bits, decoded = batched(images)
+            blobs, bits, decoded = batched(images)  # decoded images on the CPU (the task model moves them)
             preds = task(decoded).argmax(-1).tolist()
             sizes = [len(b) for b in blobs]
             est += sum(bits)

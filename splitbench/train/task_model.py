@@ -31,7 +31,7 @@ class TaskModelTrainer:
 
     def setup(self, ctx: Any) -> TrainSetup:
         s = self.settings
-        self.ctx, self.model = ctx, self._build()
+        self.ctx, self.model = ctx, self._build().to(ctx.device)
         for p in self.model.parameters():
             p.requires_grad_(True)
         per_epoch = len(ctx.train_loader(s["batch_size"]))
@@ -59,6 +59,7 @@ class TaskModelTrainer:
     def evaluate(self, weights: Any, ctx: Any) -> dict[str, Any]:
         model = self._build()
         model.net.load_state_dict(weights.state, strict=True)
+        model.to(ctx.device)
         test = ctx.test_set()
         return {"test_top1": round(evaluate(model, test), 4), "test_images": len(test)}
 
