@@ -58,7 +58,9 @@ def _codec_of(overrides: list[str]) -> str:
 def _sweep_command(suite: str, name: str, overrides: list[str], root: Path, bandwidths: str,
                    limit: int | None, workers: int | None) -> list[str]:
     cmd = [sys.executable, "-m", "splitbench", "-m", *SUITE_ARGS[suite], *overrides, f"bandwidth={bandwidths}",
-           f"hydra.sweep.dir={(root / 'sweeps' / name).resolve()}", "measure.progress=false", *CLOCK_ARGS]
+           f"hydra.sweep.dir={(root / 'sweeps' / name).resolve()}", "measure.progress=false", *CLOCK_ARGS,
+           # always the CPU here: not part of the run directories' names, so earlier sweeps are reused
+           "hydra.job.config.override_dirname.exclude_keys=[runtime.device]"]
     if workers is not None:
         cmd.append(f"measure.workers={workers}")
     if limit:
