@@ -4,7 +4,7 @@ FrankenSplit (Furutanpey et al., arXiv 2302.10681, IEEE TMC 2024) replaces the s
 frozen server backbone with a tiny device encoder and a compressai entropy model; a server decoder
 reconstructs the head's output and the frozen tail finishes the task. The shipped points cut the
 28x28 grey ViT (``model=vit_fmnist``: its tokens after block ``split``, class token included); any
-other splittable timm backbone (ViT, ResNet, EfficientNet, MobileNetV3, ConvNeXt) at any input
+other splittable timm backbone (ViT, ResNet, EfficientNet, MobileNetV3, ConvNeXt, Swin) at any input
 size is trained for a named split (``codec.split=layer2``) and run with ``codec.checkpoint=PATH``
 (``backbone.py``: the arch follows the split's stride and travels inside the weights). See
 ``model.py`` for the networks, ``wire.py`` for the payload format and ``train.py`` for training.
