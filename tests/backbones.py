@@ -8,20 +8,23 @@ import torch
 from PIL import Image
 
 
-def make_world(root: Path, models: tuple[str, ...]) -> Path:
-    """``<model>.pt`` random-weight state dicts and train/ + val/ folders of 4 RGB photos each."""
+def make_world(root: Path, models: tuple[str, ...], images: int = 4, classes: tuple[str, ...] = ("c0", "c1"),
+               half: bool = False) -> Path:
+    """``<model>.pt`` random-weight state dicts (``half``: stored fp16, half the bytes to write and hash)
+    and train/ + val/ folders of ``images`` RGB photos each, spread over the class folders ``classes``."""
     import timm
 
     from splitbench.data.photos import photo_paths
 
     for name in models:
         torch.manual_seed(0)
-        torch.save(timm.create_model(name, pretrained=False).state_dict(), root / f"{name}.pt")
+        state = timm.create_model(name, pretrained=False).state_dict()
+        torch.save({k: v.half() if half and v.is_floating_point() else v for k, v in state.items()}, root / f"{name}.pt")
     photos = photo_paths()
-    assert len(photos) >= 8
-    for split, first in (("train", 0), ("val", 4)):
-        for i in range(4):
-            folder = root / split / f"c{i % 2}"
+    assert len(photos) >= 2 * images
+    for split, first in (("train", 0), ("val", images)):
+        for i in range(images):
+            folder = root / split / classes[i % len(classes)]
             folder.mkdir(parents=True, exist_ok=True)
             Image.open(photos[first + i]).convert("RGB").resize((256, 256)).save(folder / f"{i}.png")
     return root

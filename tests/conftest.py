@@ -45,14 +45,15 @@ def run_cli(*args: str, module: str = "splitbench", timeout: int = 600) -> subpr
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """Run ``python -m splitbench args`` in this process (the command-line path without a new
-    interpreter): returns (exit status, stdout, stderr)."""
+    interpreter): returns (exit status, stdout, stderr). ``main``: another command's entry point,
+    e.g. ``splitbench.train.__main__.cli`` for ``python -m splitbench.train``."""
     from splitbench import __main__ as entry
 
-    def run(*args: str) -> tuple[int, str, str]:
+    def run(*args: str, main=None) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["splitbench", *args])
         capsys.readouterr()
         try:
-            entry.main()
+            (main or entry.main)()
             code = 0
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1

@@ -99,6 +99,8 @@ def test_options_are_validated():
         create_codec("frankensplit", lmbda=-1)
     with pytest.raises(ConfigError, match="codec.arch has no key"):
         create_codec("frankensplit", arch={"width": 3})
+    with pytest.raises(ConfigError, match="latent_block=false needs a backbone split"):
+        create_codec("frankensplit", arch={"latent_block": False})
     with pytest.raises(CheckpointError, match=r"no shipped frankensplit checkpoint.*shipped: lmbda=\d"):
         create_codec("frankensplit", lmbda=0.123456)
     with pytest.raises(CheckpointError, match="does not exist"):

@@ -97,6 +97,12 @@ def test_frankensplit_split_options_fail_cleanly(world):
         derive_arch(resnet, "factorized", "layer2", {"channels": [8, 8]})
     with pytest.raises(ConfigError, match=r"codec.arch.latent for frankensplit must be integers in \[1, 4096\]"):
         derive_arch(resnet, "factorized", "layer2", {"latent": "wide"})
+    with pytest.raises(ConfigError, match=r"latent_block=false .*channels\[-1\] \(64\) must equal codec.arch.latent \(48\)"):
+        derive_arch(resnet, "factorized", "layer2", {"channels": [48, 64, 64], "latent": 48, "latent_block": False})
+    from baselines.frankensplit.model import Encoder  # the paper's encoder: three stride-2 blocks, the last one the latent's
+    paper = derive_arch(resnet, "factorized", "layer2", {"channels": [48, 64, 48], "latent": 48, "latent_block": False})
+    assert [block.conv2.out_channels for block in Encoder(paper)] == [48, 64, 48]
+    assert [block.conv1.stride for block in Encoder(paper)] == [(2, 2)] * 3 and Encoder(paper)[-1].last
     vit = task(world, "vit_tiny_patch16_224")
     assert derive_arch(vit, "factorized", 4, {}).split == "blocks.3"  # a ViT's k: after k blocks
     with pytest.raises(CheckpointError, match="no shipped frankensplit checkpoint .*split=layer2"):

@@ -6,13 +6,16 @@ import torch
 from splitbench import ConfigError
 from splitbench.models.split import SplitBackbone, resolve_split, split_points
 
-BACKBONES = ["vit_tiny_patch16_224", "resnet18", "tf_efficientnet_lite0", "mobilenetv3_small_100", "convnext_atto"]
+BACKBONES = ["vit_tiny_patch16_224", "resnet18", "tf_efficientnet_lite0", "mobilenetv3_small_100", "convnext_atto",
+             "swin_tiny_patch4_window7_224"]
+# Swin runs channels-last inside timm; a narrow, shallow one keeps the test cheap (same code path)
+KWARGS = {"swin_tiny_patch4_window7_224": {"embed_dim": 32, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 4, 8)}}
 
 
 @pytest.fixture(scope="module", params=BACKBONES)
 def backbone(request):
     torch.manual_seed(0)
-    return timm.create_model(request.param, pretrained=False, num_classes=7).eval()
+    return timm.create_model(request.param, pretrained=False, num_classes=7, **KWARGS.get(request.param, {})).eval()
 
 
 def test_tail_of_head_is_the_whole_model(backbone):
@@ -24,8 +27,9 @@ def test_tail_of_head_is_the_whole_model(backbone):
             feats = split.head(x)
             if point.tokens:
                 assert feats.shape[-1] == point.channels
-            else:
+            else:  # (B, C, H, W) for every family, channels-last Swin included
                 assert feats.shape[1] == point.channels and feats.shape[-1] == x.shape[-1] // point.reduction
+                assert feats.shape[-2] == x.shape[-2] // point.reduction
             torch.testing.assert_close(split.tail(feats), full, rtol=1e-4, atol=1e-4)
 
 

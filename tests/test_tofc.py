@@ -174,10 +174,24 @@ def test_bad_options_name_the_valid_choices():
         create_codec("tofc", lmbda=0.123)
 
 
-def test_ablation_table_command(tmp_path):
+def test_ablation_table_command(tmp_path, cli):
+    """Every variant is a real ``python -m splitbench`` command line, run through the command's entry point in
+    this process (six child interpreters cost ~35 s; the child-process launcher is tested below)."""
     from baselines.tofc.ablation import main
 
-    path = main(["--limit", "4", "--out", str(tmp_path)])
+    def launch(args):
+        code, _, stderr = cli(*args)
+        return code, stderr
+
+    path = main(["--limit", "4", "--out", str(tmp_path)], launch=launch)
     text = path.read_text()
     for label in ("merging only", "entropy model only", "n_e=1", "Gaussian", "raw"):
         assert label in text
+    assert "skipped" not in text  # every variant's checkpoint ships
+
+
+def test_ablation_variant_is_a_child_process_and_an_unshipped_one_is_skipped():
+    from baselines.tofc.ablation import Skipped, run_variant
+
+    with pytest.raises(Skipped, match=r"^no shipped tofc checkpoint for split=3 n_clusters=8 .*lmbda=0.123"):
+        run_variant(["codec=tofc", "codec.lmbda=0.123", "data.limit=2", "measure.progress=false"])

@@ -4,7 +4,7 @@ FrankenSplit (Furutanpey et al., arXiv 2302.10681, IEEE TMC 2024) replaces the s
 frozen server backbone with a tiny device encoder and a compressai entropy model; a server decoder
 reconstructs the head's output and the frozen tail finishes the task. The shipped points cut the
 28x28 grey ViT (``model=vit_fmnist``: its tokens after block ``split``, class token included); any
-other splittable timm backbone (ViT, ResNet, EfficientNet, MobileNetV3, ConvNeXt) at any input
+other splittable timm backbone (ViT, ResNet, EfficientNet, MobileNetV3, ConvNeXt, Swin) at any input
 size is trained for a named split (``codec.split=layer2``) and run with ``codec.checkpoint=PATH``
 (``backbone.py``: the arch follows the split's stride and travels inside the weights). See
 ``model.py`` for the networks, ``wire.py`` for the payload format and ``train.py`` for training.
@@ -76,8 +76,11 @@ def build_arch(prior: str, split: int, arch: dict[str, Any] | None, lmbda: float
     check_options(prior, split, lmbda)
     if not isinstance(split, int):
         raise ConfigError(f"codec.split={split!r}: the shipped {NAME} layout (grey ViT) takes a block count")
-    allowed = {"channels", "latent", "hyper_latent", "decoder_blocks", "tokens", "dim", "heads", "grid"}
+    allowed = {"channels", "latent", "hyper_latent", "decoder_blocks", "latent_block", "tokens", "dim", "heads", "grid"}
     arch = {k: v for k, v in dict(arch or {}).items() if v is not None}  # null: the layout's default
+    if arch.pop("latent_block", True) is not True:
+        raise ConfigError(f"codec.arch.latent_block=false needs a backbone split (codec.split=FEATURE on another "
+                          f"model); the shipped {NAME} layout (grey ViT) keeps its latent block")
     unknown = sorted(set(arch) - allowed)
     if unknown:
         raise ConfigError(f"codec.arch has no key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
@@ -112,7 +115,7 @@ def check_server(a: Arch, task: Any) -> None:
 #: the encoder/decoder sizes the codec builds when not told otherwise (conf/codec/frankensplit.yaml
 #: restates them); channels null: derived from the backbone. Read-only: it is a shared default.
 DEFAULT_ARCH: Mapping[str, Any] = MappingProxyType({"channels": None, "latent": 32, "hyper_latent": 16,
-                                                    "decoder_blocks": 1})
+                                                    "decoder_blocks": 1, "latent_block": True})
 
 
 @register_codec(NAME)

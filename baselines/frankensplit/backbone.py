@@ -22,7 +22,7 @@ from .model import Arch
 from .wire import NAME
 
 ARCH_KEY = "frankensplit_arch_json"
-ARCH_OPTIONS = ("channels", "latent", "hyper_latent", "decoder_blocks")
+ARCH_OPTIONS = ("channels", "latent", "hyper_latent", "decoder_blocks", "latent_block")
 
 
 def feature_name(net: torch.nn.Module, split: int | str) -> str:
@@ -60,14 +60,22 @@ def derive_arch(task: Any, prior: str, split: int | str, options: dict[str, Any]
         raise ConfigError(f"codec.arch.channels for {NAME} at {cut.point.name} (stride {cut.point.reduction}) "
                           f"needs {depth} widths, one per stride-2 block; got {channels!r}")
     given = {k: options[k] for k in ARCH_OPTIONS if k != "channels" and options.get(k) is not None}
+    latent_block = given.pop("latent_block", True)
+    if not isinstance(latent_block, bool):
+        raise ConfigError(f"codec.arch.latent_block for {NAME} must be true or false, got {latent_block!r}")
     for key, value in [*(("channels", c) for c in channels), *given.items()]:
         low = 0 if key == "decoder_blocks" else 1
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 4096:
             raise ConfigError(f"codec.arch.{key} for {NAME} must be integers in [{low}, 4096], got {value!r}")
+    latent = given.get("latent", Arch().latent)
+    if not latent_block and channels[-1] != latent:
+        raise ConfigError(f"codec.arch.latent_block=false for {NAME}: the last stride-2 block outputs the latent, so "
+                          f"codec.arch.channels[-1] ({channels[-1]}) must equal codec.arch.latent ({latent})")
     tokens = len(feature) == 2
     dim = feature[1] if tokens else feature[0]
     heads = dim // 64 if dim % 64 == 0 else 1
-    arch = Arch.from_dict({**Arch().to_dict(), **given, "channels": list(channels), "prior": prior,
+    arch = Arch.from_dict({**Arch().to_dict(), **given, "latent_block": latent_block, "channels": list(channels),
+                           "prior": prior,
                            "split": cut.point.name, "backbone": type(cut.net).__name__, "feature": list(feature),
                            "input_size": list(input_size), "tokens": feature[0] if tokens else 0, "dim": dim,
                            "heads": heads, "grid": 0})

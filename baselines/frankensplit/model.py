@@ -40,6 +40,8 @@ class Arch:
     Otherwise ``backbone`` is the server's timm class, ``split`` a timm feature name, ``feature``
     one sample's features there ((C, H, W) maps or (tokens, dim)) and ``input_size`` the model's
     (C, H, W); one stride-2 encoder block per ``channels`` entry (ceil(log2(stride)) of them).
+    ``latent_block`` False drops the stride-1 block to ``latent`` (the last stride-2 block then
+    outputs the latent, ``channels[-1] == latent``: the paper's 3 -> 48 -> 64 -> 48 encoder).
     """
 
     prior: str = "factorized"
@@ -48,6 +50,7 @@ class Arch:
     latent: int = 32
     hyper_latent: int = 16
     decoder_blocks: int = 1
+    latent_block: bool = True
     tokens: int = 50
     dim: int = 96
     heads: int = 3
@@ -82,8 +85,8 @@ class Arch:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["channels"] = list(self.channels)
-        if not self.generic:  # the shipped layout's dict, as its manifest entries hold it
-            return {k: v for k, v in d.items() if k not in GENERIC_KEYS}
+        if not self.generic:  # the shipped layout's dict, as its manifest entries hold it (latent block always)
+            return {k: v for k, v in d.items() if k not in (*GENERIC_KEYS, "latent_block")}
         d["feature"], d["input_size"] = list(self.feature or ()), list(self.input_size or ())
         return d
 
@@ -114,11 +117,16 @@ class ResidualBlock(nn.Module):
 
 class Encoder(nn.Sequential):
     """Device side: normalised pixels -> latent grid; one stride-2 block per ``arch.channels`` entry,
-    then a stride-1 block to the latent (shipped: 1x28x28 -> 32 -> 48 -> latent x 7 x 7; no GDN)."""
+    then a stride-1 block to the latent (shipped: 1x28x28 -> 32 -> 48 -> latent x 7 x 7; no GDN), or
+    none with ``latent_block`` False (the last stride-2 block is then the latent's)."""
 
     def __init__(self, arch: Arch) -> None:
         widths = [arch.in_chans, *arch.channels]
-        super().__init__(*[ResidualBlock(a, b, 2) for a, b in zip(widths, widths[1:])],
+        pairs = list(zip(widths, widths[1:]))
+        if not arch.latent_block:
+            super().__init__(*[ResidualBlock(a, b, 2, last=i == len(pairs) - 1) for i, (a, b) in enumerate(pairs)])
+            return
+        super().__init__(*[ResidualBlock(a, b, 2) for a, b in pairs],
                          ResidualBlock(widths[-1], arch.latent, 1, last=True))
 
 

@@ -51,10 +51,11 @@ class FrankenSplitTrainer:
             check_server(arch, task)  # the server model fits the arch, before any training
             self.cut = None
             return arch
-        unknown = sorted(set(self.options.get("arch") or {}) - {"channels", "latent", "hyper_latent", "decoder_blocks"})
+        unknown = sorted(set(self.options.get("arch") or {}) - {"channels", "latent", "hyper_latent", "decoder_blocks",
+                                                                  "latent_block"})
         if unknown:
             raise ConfigError(f"codec.arch.{unknown[0]} is fixed by the backbone; settable: channels, latent, "
-                              f"hyper_latent, decoder_blocks")
+                              f"hyper_latent, decoder_blocks, latent_block")
         arch = derive_arch(task, self.prior, self.split, dict(self.options.get("arch") or {}))
         self.cut = split_of(task, arch.split)
         return arch

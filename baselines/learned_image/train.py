@@ -3,7 +3,9 @@
 Loss in compressai's convention: ``lmbda * 255**2 * MSE + bpp`` with bpp = -log2 likelihoods of y
 and z per *original* pixel (padding is free) and MSE on the cropped reconstruction; the entropy
 bottleneck's quantiles learn from compressai's aux loss (the framework's auxiliary optimiser). The
-server model plays no part in training; it only scores the result.
+server model plays no part in training; it only scores the result. The transforms are fully
+convolutional, so ``codec.train.crop`` may train on random patches smaller than the images (as
+compressai's examples train on 256x256 patches); evaluation always codes whole images.
 
 The shipped points are trained briefly on 2 CPU cores (a few minutes each; see the manifest's
 ``train_minutes_2cpu``), so they are far from converged: they are reference points, and
@@ -35,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "clip": 1.0,          # gradient-norm clip, as compressai's example trainer
     "init": None,         # start from a shipped name or a checkpoint path (same architecture)
     "eval_limit": None,   # test images for the manifest metrics (null: the whole test split)
+    "crop": None,         # train on random crop x crop patches of the (shifted) images; null: whole images
 }
 
 
@@ -82,6 +85,12 @@ class LearnedImageTrainer:
         # padding/cropping exactly as the codec does (the codec object needs the task model; mirror it)
         mult = 2 ** (arch["stages"] + 2)
         c, h, w = next(iter(dl))[0].shape[1:]
+        self.patch = s["crop"]
+        if self.patch is not None:
+            if isinstance(self.patch, bool) or not isinstance(self.patch, int) or not 1 <= self.patch <= min(h, w):
+                raise ConfigError(f"codec.train.crop for {self.cls.family} must be null or an integer in "
+                                  f"[1, {min(h, w)}] (the training images are {h}x{w}), got {self.patch!r}")
+            h = w = self.patch
         hp, wp = math.ceil(h / mult) * mult, math.ceil(w / mult) * mult
         top, left = (hp - h) // 2, (wp - w) // 2
 
@@ -101,8 +110,19 @@ class LearnedImageTrainer:
                           warmup=min(int(s["warmup"]), max(1, steps // 10)), aux_params=aux,
                           aux_lr=float(s["aux_lr"]), clip=s["clip"], batch_size=s["batch_size"], modules=[self.net])
 
+    def _random_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """One seeded random ``crop`` x ``crop`` patch per image (``codec.train.crop``)."""
+        n, _, h, w = images.shape
+        size, gen = self.patch, self.ctx.generator
+        top = torch.randint(0, h - size + 1, (n,), generator=gen).tolist()
+        left = torch.randint(0, w - size + 1, (n,), generator=gen).tolist()
+        return torch.stack([im[:, t:t + size, l:l + size] for im, t, l in zip(images, top, left)])
+
     def training_step(self, batch: Any) -> Step:
-        x = augment(batch[0], self.ctx.generator).float() / 255.0
+        images = augment(batch[0], self.ctx.generator)
+        if self.patch is not None:
+            images = self._random_patches(images)
+        x = images.float() / 255.0
         out = rd_loss(self.net, x, self.pad, self.crop, self.lmbda)
         psnr = 10 * math.log10(1 / max(out["mse"].item(), 1e-12))
         return Step(out["loss"], {"loss": out["loss"].item(), "bpp": out["bpp"].item(), "psnr": psnr})
@@ -127,5 +147,6 @@ class LearnedImageTrainer:
         return name, {
             "kind": "codec", "family": self.cls.family, "point": point, "lmbda": self.lmbda,
             "arch": self.arch, "init": self.init_note, "params": sum(p.numel() for p in self.net.parameters()),
-            "data": f"{ctx.cfg.data.name} train split ({describe_data(ctx.train_set)}, random shift/flip), "
+            "data": f"{ctx.cfg.data.name} train split ({describe_data(ctx.train_set)}, random shift/flip"
+                    f"{f', random {self.patch}x{self.patch} patches' if self.patch else ''}), "
                     f"seed {ctx.seed}; metrics on the test split via real bytes, server {ctx.cfg.model.name}"}

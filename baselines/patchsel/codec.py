@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from splitbench.codecs import Codec, Payload, register_codec
-from splitbench.errors import ConfigError, PayloadError
+from splitbench.errors import CheckpointError, ConfigError, PayloadError
 from splitbench.models import TaskModel, build_model
 from splitbench.options import OneOf, Range
 from splitbench.zoo import resolve
@@ -46,7 +46,14 @@ def load_edge(name: str, checkpoint: str | None) -> TaskModel:
         name = name[len("timm:"):]
         if not timm.is_model(name):
             raise ConfigError(f"codec.edge_model='timm:{name}': timm has no model {name!r} (see timm.list_models())")
-    return build_model({"name": name, "checkpoint": checkpoint, "pretrained": True})
+    try:
+        return build_model({"name": name, "checkpoint": checkpoint, "pretrained": True})
+    except CheckpointError as err:
+        if checkpoint is not None or not str(err).startswith("timm model"):
+            raise
+        # hub weights missing: the fix is the edge's own option, not the server's model.checkpoint
+        raise CheckpointError(f"edge {str(err).split('; pass ')[0]}; pass codec.edge_checkpoint=PATH (a state dict)") \
+            from None
 
 
 class EdgeCodec(Codec):

@@ -11,6 +11,8 @@ codec and each ablation, reads each run's ``results.csv``, and writes ``results/
 - Gaussian instead of Laplacian conditional (``distribution=gaussian``)
 - ``raw`` as the reference row.
 Variants whose checkpoint is not shipped are listed as skipped, with the training command.
+Each run is a ``python -m splitbench`` child process (codec packages never import the runner);
+``main(..., launch=...)`` takes another launcher, e.g. the command-line entry point in one process.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -42,20 +44,30 @@ class Skipped(Exception):
     """A variant whose checkpoint is not shipped (the run's one-line error)."""
 
 
-def run_variant(overrides: list[str]) -> dict[str, Any]:
+#: runs ``python -m splitbench <args>``; returns (exit status, stderr)
+Launcher = Callable[[list[str]], tuple[int, str]]
+
+
+def launch_subprocess(args: list[str]) -> tuple[int, str]:
+    """``python -m splitbench args`` as a child process of this same checkout or installation."""
+    proc = subprocess.run([sys.executable, "-m", "splitbench", *args], capture_output=True, text=True,
+                          env=child_env())
+    return proc.returncode, proc.stderr
+
+
+def run_variant(overrides: list[str], launch: Launcher = launch_subprocess) -> dict[str, Any]:
     """One ``python -m splitbench`` run in a scratch directory; its results.csv row."""
     with tempfile.TemporaryDirectory(prefix="tofc-ablation-") as tmp:
-        proc = subprocess.run([sys.executable, "-m", "splitbench", *overrides, f"hydra.run.dir={tmp}/run"],
-                              capture_output=True, text=True, env=child_env())
-        error = next((line for line in proc.stderr.splitlines() if line.startswith("splitbench: error:")), "")
-        if proc.returncode == 2 and "checkpoint" in error:
+        code, stderr = launch([*overrides, f"hydra.run.dir={tmp}/run"])
+        error = next((line for line in stderr.splitlines() if line.startswith("splitbench: error:")), "")
+        if code == 2 and "checkpoint" in error:
             raise Skipped(error.removeprefix("splitbench: error: "))
-        if proc.returncode != 0:
-            raise SystemExit(f"python -m splitbench {' '.join(overrides)} failed:\n{proc.stderr[-2000:]}")
+        if code != 0:
+            raise SystemExit(f"python -m splitbench {' '.join(overrides)} failed:\n{stderr[-2000:]}")
         return pd.read_csv(Path(tmp) / "run" / "results.csv").iloc[0].to_dict()
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None, launch: Launcher = launch_subprocess) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all 10k)")
     parser.add_argument("--bandwidth", default="10mbps", help="a conf/bandwidth preset")
@@ -69,14 +81,14 @@ def main(argv: list[str] | None = None) -> Path:
     rows, skipped = [], []
     for label, overrides in VARIANTS:
         try:
-            result = run_variant(common + overrides)
+            result = run_variant(common + overrides, launch)
         except Skipped as err:
             skipped.append(f"- {label}: skipped ({str(err).split(';')[0]})")
             continue
         rows.append({"variant": label, **result})
         print(f"{label}: accuracy {result['accuracy']:.4f}, {result['bytes_per_image']:.1f} bytes/image")
     if rows:
-        reference = run_variant([o.replace("codec=tofc", "codec=raw") for o in common])
+        reference = run_variant([o.replace("codec=tofc", "codec=raw") for o in common], launch)
         rows.append({"variant": "raw (reference: uncompressed image)", **reference})
     df = pd.DataFrame(rows)
     df = df[[c for c in COLUMNS if c in df.columns]]

@@ -8,8 +8,14 @@ that sequence cut in two: ``head`` = the steps up to and including the named fea
 each family.
 
 Supported families (timm classes): VisionTransformer (ViT, DeiT; tokens, class token first),
-ResNet, EfficientNet (incl. Lite), MobileNetV3, ConvNeXt (feature maps). Others get a one-line
-error naming these.
+ResNet, EfficientNet (incl. Lite), MobileNetV3, ConvNeXt, SwinTransformer (feature maps). Others get
+a one-line error naming these.
+
+Layout at the cut: a feature map is always (B, C, H, W). timm's Swin keeps its stages channels-last
+(B, H, W, C, LayerNorm over C); ``head`` hands them on as (B, C, H, W) and ``tail`` turns them back,
+so a codec sees one layout for every CNN-like family and ``feature_shape`` is (C, H, W). Note that
+timm puts each Swin stage's patch merging at the *start* of the next stage (the original code: at
+the end), so timm's ``layers.1`` is stage 2 before its merge (28x28x192 at 224 for a base model).
 """
 from __future__ import annotations
 
@@ -28,7 +34,10 @@ FAMILIES: dict[str, list[str]] = {
     "EfficientNet": ["conv_stem", "bn1", "blocks.*", "conv_head", "bn2"],
     "MobileNetV3": ["conv_stem", "bn1", "blocks.*"],
     "ConvNeXt": ["stem", "stages.*", "norm_pre"],
+    "SwinTransformer": ["patch_embed", "layers.*", "norm"],
 }
+#: families whose forward_features runs channels-last (B, H, W, C): permuted to (B, C, H, W) at the cut
+CHANNELS_LAST = frozenset({"SwinTransformer"})
 
 
 def _vit_embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +61,7 @@ def family(net: nn.Module) -> str:
     name = type(net).__name__
     if name not in FAMILIES:
         raise ConfigError(f"cannot split a timm {name}: supported backbones are {', '.join(sorted(FAMILIES))} "
-                          f"(ViT/DeiT, ResNet, EfficientNet, MobileNetV3, ConvNeXt)")
+                          f"(ViT/DeiT, ResNet, EfficientNet, MobileNetV3, ConvNeXt, Swin)")
     return name
 
 
@@ -103,16 +112,17 @@ class SplitBackbone(nn.Module):
             raise ConfigError(f"split {self.point.name!r} is not a step of {type(net).__name__}.forward_features")
         cut = names.index(self.point.name) + 1
         self._head, self._tail = steps[:cut], steps[cut:]
+        self.channels_last = family(net) in CHANNELS_LAST
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images -> the features at the split point."""
+        """Normalised images -> the features at the split point ((B, C, H, W) for every feature map)."""
         for _, step in self._head:
             x = step(x)
-        return x
+        return x.permute(0, 3, 1, 2).contiguous() if self.channels_last else x
 
     def tail(self, features: torch.Tensor) -> torch.Tensor:
         """Features at the split point (a ViT: any number of tokens, class token first) -> logits."""
-        x = features
+        x = features.permute(0, 2, 3, 1) if self.channels_last else features
         for _, step in self._tail:
             x = step(x)
         return self.net.forward_head(x)

@@ -33,6 +33,11 @@ def main(cfg: DictConfig) -> None:
     run_training(cfg, reproduce_command())
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command line: one-line errors for bad overrides, then Hydra (tests call this in-process)."""
     guard_overrides(sys.argv[1:], config_name="train")
     main()
+
+
+if __name__ == "__main__":
+    cli()

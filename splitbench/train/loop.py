@@ -79,8 +79,11 @@ class TrainContext:
         return self._train_set
 
     def test_set(self, limit: int | None = None) -> Any:
+        """The evaluation split the benchmark reads: the data config's own ``split`` (fashion_mnist and
+        photos: test; an image folder: val, so an ImageNet root with train/ and val/ works), never train."""
         data = OmegaConf.to_container(self.cfg.data, resolve=True)
-        data["split"] = "test"
+        if data.get("split") in (None, "train"):
+            data["split"] = "test"
         if limit:
             data["limit"] = int(limit)
         return self._dataset(data)
