@@ -119,6 +119,7 @@ def resolve(family: str | None = None, *, point: Mapping[str, Any] | None = None
     manifest = load_manifest(directory)
     if name is None:
         point = dict(point or {})
+        model = point.pop("model", model)  # an entry's own point names its model
         found = find_point(manifest, family or "", point, model)
         if not found:
             raise _no_point(family or "", point, manifest, train_hint, model)
