@@ -157,7 +157,8 @@ def _no_point(family: str, point: dict[str, Any], manifest: dict[str, Any], trai
               model: str | None = None) -> CheckpointError:
     entries = [e for e in manifest.values() if e.get("family") == family]
     mine = [e for e in entries if model and e.get("point", {}).get("model") == model]
-    have = [{k: v for k, v in e.get("point", {}).items() if k != "model"} for e in (mine or entries)]
+    generic = [e for e in entries if "model" not in e.get("point", {})]
+    have = [{k: v for k, v in e.get("point", {}).items() if k != "model"} for e in (mine or generic or entries)]
     label = f"{family} (for model {model})" if mine else family
     # name only the keys that vary, so the list stays readable
     varying = [k for k in point if len({json.dumps(p.get(k)) for p in have}) > 1] or list(point)
